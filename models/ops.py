@@ -1,0 +1,74 @@
+"""The model-op contract shared by the online servers and the batch assets.
+
+A model op is loaded once from an artifact directory and then predicts over lists:
+`predict_batch(inputs)` returns exactly one output per input, in the same order.
+Which class loads an artifact is named by the `kind` in its `manifest.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+from models.errors import ArtifactError, SchemaError
+
+MANIFEST = "manifest.json"
+
+
+@runtime_checkable
+class ModelOp(Protocol):
+    task: str
+
+    def load(self, artifact_dir: Path, device: str) -> None: ...
+
+    def predict_batch(self, inputs: list[BaseModel]) -> list[BaseModel]: ...
+
+
+_KINDS: dict[str, Callable[[], ModelOp]] = {}
+
+
+def register_kind(kind: str) -> Callable[[type], type]:
+    """Class decorator: artifacts whose manifest says `kind` are loaded by this class."""
+
+    def deco(cls: type) -> type:
+        _KINDS[kind] = cls
+        return cls
+
+    return deco
+
+
+def read_manifest(artifact_dir: Path) -> dict:
+    path = Path(artifact_dir) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{artifact_dir} has no {MANIFEST}; is it a Tandem model artifact?")
+    return json.loads(path.read_text())
+
+
+def load_op(artifact_dir: Path, device: str = "cpu") -> ModelOp:
+    """Instantiate and load the op an artifact's manifest names."""
+    _import_reference_models()
+    manifest = read_manifest(artifact_dir)
+    kind = manifest.get("kind")
+    if kind not in _KINDS:
+        raise ArtifactError(f"artifact kind {kind!r} is unknown; known kinds: {', '.join(sorted(_KINDS))}")
+    op = _KINDS[kind]()
+    op.load(Path(artifact_dir), device)
+    return op
+
+
+def check_outputs(op: ModelOp, inputs: list, outputs: list) -> list:
+    """Enforce the contract: one output per input."""
+    if len(outputs) != len(inputs):
+        raise SchemaError(f"{type(op).__name__} returned {len(outputs)} outputs for {len(inputs)} inputs")
+    return outputs
+
+
+def _import_reference_models() -> None:
+    # Importing registers the kinds; deferred so `models.ops` stays cheap to import.
+    import models.classifier  # noqa: F401
+    import models.embedder  # noqa: F401
+    import models.reranker  # noqa: F401
+    import models.testing  # noqa: F401
