@@ -1,0 +1,100 @@
+"""Request-scoped dependencies: the runtime, the caller's tenant, ids, deadline, idempotency."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from online.gateway.problems import InvalidInput
+from online.gateway.runtime import Runtime
+from online.gateway.tenants import Tenant
+from online.gateway.tracing import parse_traceparent
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated tenant of a request and the request's ids."""
+
+    tenant: Tenant
+    request_id: str
+    trace_id: str
+    traceparent: str
+    routing_key: str
+
+
+def _key_from_headers(authorization: str | None, api_key: str | None) -> str | None:
+    if api_key:
+        return api_key.strip()
+    if authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return None
+
+
+def authenticate(
+    request: Request,
+    runtime: RuntimeDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+    x_request_id: Annotated[str | None, Header()] = None,
+    x_routing_key: Annotated[str | None, Header()] = None,
+    traceparent: Annotated[str | None, Header()] = None,
+) -> Caller:
+    """Resolve the API key to a tenant and apply its rate limit (429 with Retry-After)."""
+    tenant = runtime.tenants.authenticate(_key_from_headers(authorization, x_api_key))
+    runtime.limiter.check(tenant)
+    request_id = request.state.request_id if hasattr(request.state, "request_id") else (
+        x_request_id or uuid.uuid4().hex)
+    trace_id, parent = parse_traceparent(traceparent)
+    request.state.tenant = tenant.id
+    request.state.trace_id = trace_id
+    return Caller(tenant=tenant, request_id=request_id, trace_id=trace_id, traceparent=parent,
+                  routing_key=f"{tenant.id}:{x_routing_key or request_id}")
+
+
+CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+def scoped(scope: str):
+    """A dependency requiring `scope` of the caller's tenant (403 otherwise)."""
+
+    def check(caller: CallerDep) -> Caller:
+        caller.tenant.require_scope(scope)
+        return caller
+
+    return check
+
+
+PredictCaller = Annotated[Caller, Depends(scoped("predict"))]
+AdminCaller = Annotated[Caller, Depends(scoped("admin"))]
+
+
+def deadline_ms(
+    runtime: RuntimeDep,
+    x_deadline_ms: Annotated[str | None, Header(description="Request deadline in milliseconds.")] = None,
+) -> int | None:
+    """The caller's deadline from `X-Deadline-Ms`, bounded by the gateway's maximum."""
+    if x_deadline_ms is None:
+        return None
+    try:
+        value = int(x_deadline_ms)
+    except ValueError:
+        raise InvalidInput("X-Deadline-Ms must be a whole number of milliseconds, e.g. 2000") from None
+    if value <= 0:
+        raise InvalidInput("X-Deadline-Ms must be positive")
+    return min(value, runtime.gateway.max_deadline_ms)
+
+
+DeadlineDep = Annotated[int | None, Depends(deadline_ms)]
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", description="Same key + same body within 24 h replays the answer.")
+]

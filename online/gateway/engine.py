@@ -1,0 +1,396 @@
+"""The online workflow engine: runs a workflow DAG over HTTP calls to the model servers.
+
+Each step starts as soon as its dependencies finish, so independent branches overlap.
+One request deadline bounds everything; each attempt's timeout is the smaller of the
+step's timeout and what is left of the deadline. Retryable failures are retried with
+exponential backoff and full jitter, never past the deadline; a breaker per endpoint
+fails fast while a server is down; then the step's fallback runs, or an optional step
+is skipped and the response marked degraded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from models.workflows import RetryPolicy, StepSpec, WorkflowSpec, assemble_output, step_instances
+from online.gateway.breaker import BreakerBoard
+from online.gateway.cache import PredictionCache, content_hash
+from online.gateway.client import CallTimeout, ModelCallError, ModelClient, RejectedCall, RetryableCallError
+from online.gateway.logsink import PredictionLog
+from online.gateway.metrics import GatewayMetrics
+from online.gateway.problems import (
+    DeadlineExceeded,
+    GatewayError,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+    UpstreamError,
+)
+from online.gateway.routing import Route, Router
+from online.gateway.tracing import child_traceparent
+
+
+@dataclass
+class RequestContext:
+    """Who asks, under which ids and until when."""
+
+    request_id: str
+    trace_id: str
+    traceparent: str
+    tenant: str
+    routing_key: str
+    deadline: float  # on the engine's clock
+    budget_ms: float = 0.0  # the deadline as the caller gave it, for messages
+    tenant_pins: Mapping[str, str] = field(default_factory=dict)
+    explicit_pins: Mapping[str, str] = field(default_factory=dict)  # by step id or model name
+    workflow: str | None = None
+    workflow_version: int | None = None
+
+
+@dataclass
+class StepReport:
+    """What one step did, returned in the response metadata."""
+
+    step: str
+    model: str
+    version: str | None
+    arm: str | None
+    cached: bool = False
+    latency_ms: float = 0.0
+    attempts: int = 0
+    status: str = "ok"  # ok | fallback | skipped
+    degraded: bool = False
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _StepFailed(Exception):
+    def __init__(self, error: GatewayError, attempts: int):
+        super().__init__(error.detail)
+        self.error = error
+        self.attempts = attempts
+
+
+class WorkflowEngine:
+    """Runs workflow specs against model servers; shared by every request of one gateway."""
+
+    def __init__(
+        self,
+        *,
+        client: ModelClient,
+        servers: Callable[[], Mapping[str, str]],
+        states: Callable[[], Mapping[str, Any]],
+        router: Router,
+        cache: PredictionCache,
+        breakers: BreakerBoard,
+        log: PredictionLog | None,
+        metrics: GatewayMetrics,
+        shadow_concurrency: int = 8,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+    ):
+        self.client = client
+        self._servers = servers
+        self._states = states
+        self.router = router
+        self.cache = cache
+        self.breakers = breakers
+        self.log = log
+        self.metrics = metrics
+        self.clock = clock
+        self._sleep = sleep
+        self._rng = rng
+        self._shadow_slots = asyncio.Semaphore(shadow_concurrency)
+        self._shadow_tasks: set[asyncio.Task] = set()
+
+    async def run(self, spec: WorkflowSpec, payload: dict, ctx: RequestContext) -> tuple[dict, list[StepReport]]:
+        """Run every step of `spec` on `payload`; return the workflow output and a report per step."""
+        context: dict[str, Any] = {"input": payload}
+        reports: dict[str, StepReport] = {}
+        done: dict[str, asyncio.Event] = {s.id: asyncio.Event() for s in spec.steps}
+
+        async def run_step(step: StepSpec) -> None:
+            for dep in step.dependencies:
+                await done[dep].wait()
+            report, outputs = await self._run_step(step, context, ctx)
+            reports[step.id] = report
+            if outputs is None:
+                context[step.id] = None
+            else:
+                context[step.id] = outputs if step.for_each else outputs[0]
+            done[step.id].set()
+
+        remaining = ctx.deadline - self.clock()
+        try:
+            async with asyncio.timeout(max(remaining, 0)):
+                async with asyncio.TaskGroup() as group:
+                    for step in spec.steps:
+                        group.create_task(run_step(step))
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the workflow did not finish within its deadline of {self._deadline_ms(ctx):.0f} ms; "
+                "send a larger X-Deadline-Ms or retry later"
+            ) from None
+        except* GatewayError as group_err:
+            raise group_err.exceptions[0] from None
+        output = assemble_output(spec, context)
+        return output, [reports[s.id] for s in spec.steps if s.id in reports]
+
+    async def _run_step(
+        self, step: StepSpec, context: dict, ctx: RequestContext
+    ) -> tuple[StepReport, list[dict] | None]:
+        instances = step_instances(step, context)
+        if instances is None:
+            if step.optional:
+                return StepReport(step.id, step.model, None, None, status="skipped", degraded=True,
+                                  error="an upstream step was skipped"), None
+            raise ServiceUnavailable(f"step {step.id!r} cannot run: a step it needs was skipped")
+        if not instances:
+            return StepReport(step.id, step.model, None, None), []
+        return await self.call_step(
+            step_id=step.id, model=step.model, task=step.task, instances=instances, ctx=ctx,
+            timeout_ms=step.timeout_ms, retry=step.retry, optional=step.optional,
+            fallback=(step.fallback.model or step.model, step.fallback.version or "stable")
+            if step.fallback else None,
+        )
+
+    async def call_step(
+        self,
+        *,
+        step_id: str,
+        model: str,
+        task: str,
+        instances: list[dict],
+        ctx: RequestContext,
+        timeout_ms: int,
+        retry: RetryPolicy,
+        optional: bool = False,
+        fallback: tuple[str, str] | None = None,
+    ) -> tuple[StepReport, list[dict] | None]:
+        """Call one model for a list of instances: route, cache, retry, fall back, log."""
+        started = self.clock()
+        route = self._route(model, step_id, ctx)
+        try:
+            outputs, cached, attempts = await self._call_cached(step_id, model, task, route, instances, ctx,
+                                                                timeout_ms, retry)
+            report = StepReport(step_id, model, route.version, route.arm, cached=cached, attempts=attempts)
+            if route.shadow_version:
+                self._start_shadow(step_id, model, task, route.shadow_version, instances, ctx, timeout_ms)
+        except _StepFailed as primary:
+            self._count_error(ctx, step_id, model, route, "failed")
+            outputs, report = await self._recover(step_id, model, task, instances, ctx, timeout_ms, retry,
+                                                  optional, fallback, primary)
+        report.latency_ms = (self.clock() - started) * 1000
+        self.metrics.step_latency.labels(ctx.workflow or "", step_id, report.model, report.version or "",
+                                         report.arm or "").observe(report.latency_ms / 1000)
+        self._log(ctx, step_id, report, instances, outputs)
+        return report, outputs
+
+    async def _recover(self, step_id, model, task, instances, ctx, timeout_ms, retry, optional, fallback,
+                       primary: _StepFailed) -> tuple[list[dict] | None, StepReport]:
+        if fallback is not None and self._time_left(ctx) > 0:
+            fb_model, fb_ref = fallback
+            try:
+                fb_route = self._route_ref(fb_model, fb_ref)
+                outputs, cached, attempts = await self._call_cached(
+                    step_id, fb_model, task, fb_route, instances, ctx, timeout_ms, retry)
+                report = StepReport(step_id, fb_model, fb_route.version, "fallback", cached=cached,
+                                    attempts=primary.attempts + attempts, status="fallback", degraded=True,
+                                    error=primary.error.detail)
+                self._count_error(ctx, step_id, fb_model, fb_route, "fallback")
+                return outputs, report
+            except (_StepFailed, GatewayError) as fb_err:
+                primary = fb_err if isinstance(fb_err, _StepFailed) else _StepFailed(fb_err, primary.attempts)
+        if optional:
+            return None, StepReport(step_id, model, None, None, attempts=primary.attempts, status="skipped",
+                                    degraded=True, error=primary.error.detail)
+        raise primary.error
+
+    def _route(self, model: str, step_id: str, ctx: RequestContext) -> Route:
+        explicit = ctx.explicit_pins.get(step_id) or ctx.explicit_pins.get(model)
+        state = self._states().get(model)
+        if state is None and explicit is None and ctx.tenant_pins.get(model) is None:
+            raise NotFound(f"model {model!r} is not registered; see GET /v1/admin/models")
+        return self.router.route(model, explicit=explicit, tenant_pin=ctx.tenant_pins.get(model),
+                                 state=state, routing_key=ctx.routing_key)
+
+    def _route_ref(self, model: str, ref: str) -> Route:
+        state = self._states().get(model)
+        if ref in ("stable", "canary", "shadow"):
+            version = getattr(state, ref, None) if state is not None else None
+            if version is None:
+                raise ServiceUnavailable(f"fallback model {model!r} has no {ref} version")
+            return Route(version=version, arm="fallback", shadow_version=None)
+        return Route(version=ref, arm="fallback", shadow_version=None)
+
+    async def _call_cached(self, step_id, model, task, route: Route, instances, ctx, timeout_ms, retry):
+        hashes = [content_hash({"task": task, "input": inst}) for inst in instances]
+        outputs: list[dict | None] = [self.cache.get(model, route.version, h) for h in hashes]
+        missing = [i for i, out in enumerate(outputs) if out is None]
+        hits = len(instances) - len(missing)
+        if hits:
+            self.metrics.cache.labels(model, "hit").inc(hits)
+        attempts = 0
+        if missing:
+            self.metrics.cache.labels(model, "miss").inc(len(missing))
+            fresh, attempts = await self._call_with_retries(
+                step_id, model, route, [instances[i] for i in missing], ctx, timeout_ms, retry)
+            for i, out in zip(missing, fresh):
+                outputs[i] = out
+                self.cache.put(model, route.version, hashes[i], out)
+        return outputs, not missing, attempts
+
+    async def _call_with_retries(self, step_id, model, route: Route, instances, ctx, timeout_ms, retry):
+        url = self._servers().get(model)
+        if url is None:
+            raise _StepFailed(ServiceUnavailable(
+                f"no model server is deployed for {model!r}; start one with `tandem serve model {model}`"), 0)
+        breaker = self.breakers.get(url)
+        last: GatewayError | None = None
+        attempt = 0
+        for attempt in range(1, retry.attempts + 1):
+            left = self._time_left(ctx)
+            if left <= 0:
+                raise _StepFailed(DeadlineExceeded(
+                    f"step {step_id!r} ran out of the request deadline ({self._deadline_ms(ctx):.0f} ms)"), attempt - 1)
+            if not breaker.allow():
+                raise _StepFailed(ServiceUnavailable(
+                    f"the model server for {model!r} is failing (circuit open); retry in a few seconds"),
+                    attempt - 1)
+            try:
+                reply = await self.client.predict(
+                    url, route.version, instances, timeout_s=min(timeout_ms / 1000, left),
+                    headers={"traceparent": child_traceparent(ctx.traceparent),
+                             "x-request-id": ctx.request_id},
+                )
+            except RejectedCall as exc:
+                breaker.record_success()  # the server is up; the request is what it refused
+                raise _StepFailed(self._rejected(model, route.version, exc), attempt) from exc
+            except RetryableCallError as exc:
+                breaker.record_failure()
+                self._count_error(ctx, step_id, model, route, "retry")
+                last = self._unavailable(model, exc)
+                if attempt < retry.attempts:
+                    cap = min(retry.max_backoff_ms, retry.backoff_ms * 2 ** (attempt - 1)) / 1000
+                    delay = self._rng() * cap
+                    if delay >= self._time_left(ctx):
+                        break
+                    await self._sleep(delay)
+                continue
+            breaker.record_success()
+            return reply.outputs, attempt
+        raise _StepFailed(last or ServiceUnavailable(f"model {model!r} failed"), attempt)
+
+    def _rejected(self, model: str, version: str, exc: ModelCallError) -> GatewayError:
+        if exc.status == 404:
+            return ServiceUnavailable(
+                f"the model server for {model!r} does not serve version {version}; "
+                f"restart it with `tandem serve model {model}` to load the registry's current versions")
+        if exc.status == 422:
+            return InvalidInput(f"model {model!r} rejected the input: {exc}")
+        return UpstreamError(f"model {model!r} refused the call: {exc}")
+
+    @staticmethod
+    def _unavailable(model: str, exc: ModelCallError) -> GatewayError:
+        if isinstance(exc, CallTimeout):
+            return DeadlineExceeded(f"model {model!r} timed out: {exc}")
+        if exc.status is not None and exc.status < 500 and exc.status != 429:
+            return UpstreamError(f"model {model!r} failed: {exc}")
+        return ServiceUnavailable(f"model {model!r} has no healthy server: {exc}")
+
+    def _start_shadow(self, step_id, model, task, version, instances, ctx, timeout_ms) -> None:
+        if self._shadow_slots.locked():
+            self.metrics.shadow.labels(model, "dropped").inc()
+            return
+        task_ = asyncio.get_running_loop().create_task(
+            self._shadow(step_id, model, version, instances, ctx, timeout_ms))
+        self._shadow_tasks.add(task_)
+        task_.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(self, step_id, model, version, instances, ctx, timeout_ms) -> None:
+        async with self._shadow_slots:
+            url = self._servers().get(model)
+            started = self.clock()
+            report = StepReport(step_id, model, version, "shadow")
+            outputs = None
+            try:
+                if url is None:
+                    raise ModelCallError(f"no server for {model!r}")
+                reply = await self.client.predict(url, version, instances, timeout_s=timeout_ms / 1000,
+                                                  headers={"traceparent": child_traceparent(ctx.traceparent)})
+                outputs = reply.outputs
+                self.metrics.shadow.labels(model, "ok").inc()
+            except Exception as exc:  # a shadow never fails the caller; its failure is logged
+                report.status, report.error = "error", str(exc)[:500]
+                self.metrics.shadow.labels(model, "error").inc()
+            report.latency_ms = (self.clock() - started) * 1000
+            self._log(ctx, step_id, report, instances, outputs)
+
+    async def drain_shadows(self) -> None:
+        if self._shadow_tasks:
+            await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
+
+    def _log(self, ctx: RequestContext, step_id: str, report: StepReport, instances, outputs) -> None:
+        if self.log is None:
+            return
+        now = datetime.now(UTC)
+        status = "ok" if report.status in ("ok", "fallback") else report.status
+        for i, inst in enumerate(instances):
+            out = outputs[i] if outputs else None
+            self.log.log({
+                "request_id": ctx.request_id, "trace_id": ctx.trace_id, "tenant": ctx.tenant,
+                "workflow": ctx.workflow, "workflow_version": ctx.workflow_version, "step": step_id,
+                "model": report.model, "version": report.version, "arm": report.arm,
+                "input_hash": content_hash(inst), "output_summary": summarize(inst, out),
+                "latency_ms": report.latency_ms, "status": status, "error": report.error,
+                "cached": report.cached, "ts": now, "day": now.date(),
+            })
+
+    def _count_error(self, ctx, step_id, model, route: Route, kind: str) -> None:
+        self.metrics.step_errors.labels(ctx.tenant, ctx.workflow or "", step_id, model, route.version or "",
+                                        route.arm or "", kind).inc()
+
+    def _time_left(self, ctx: RequestContext) -> float:
+        return ctx.deadline - self.clock()
+
+    def _deadline_ms(self, ctx: RequestContext) -> float:
+        return ctx.budget_ms
+
+
+def summarize(inp: dict, out: dict | None) -> str:
+    """A small JSON summary of one prediction: enough for drift and canary checks, not the payload."""
+    summary: dict[str, Any] = {}
+    text = inp.get("text") or inp.get("query")
+    if isinstance(text, str):
+        summary["input_chars"] = len(text)
+        summary["input_words"] = len(text.split())
+    if out:
+        if "label" in out:
+            summary["label"] = out["label"]
+            summary["score"] = round(float(out["score"]), 6)
+        elif "embedding" in out:
+            vec = out["embedding"]
+            n = len(vec) or 1
+            mean = sum(vec) / n
+            summary["dim"] = len(vec)
+            summary["mean"] = round(mean, 6)
+            summary["std"] = round((sum((v - mean) ** 2 for v in vec) / n) ** 0.5, 6)
+            summary["head"] = [round(v, 5) for v in vec[:4]]
+        elif "results" in out:
+            res = out["results"]
+            summary["n"] = len(res)
+            if res:
+                summary["top_index"] = res[0]["index"]
+                summary["top_score"] = round(float(res[0]["score"]), 6)
+    return orjson.dumps(summary).decode()

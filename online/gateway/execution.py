@@ -1,0 +1,81 @@
+"""Shared request plumbing for the prediction routes: input validation, deadline, idempotency."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import Response
+from pydantic import BaseModel, ValidationError
+
+from models.workflows import WorkflowSpec
+from online.gateway.cache import content_hash
+from online.gateway.deps import Caller
+from online.gateway.engine import RequestContext, StepReport
+from online.gateway.problems import InvalidInput
+from online.gateway.runtime import Runtime
+
+JSON = "application/json"
+
+
+def validate(model: type[BaseModel], data: Any, where: str) -> dict:
+    """Validate `data` against `model`; 422 naming every bad field (`input.text: Field required`)."""
+    try:
+        return model.model_validate(data).model_dump(exclude_none=True)
+    except ValidationError as exc:
+        errors = [
+            {"field": ".".join([where, *(str(p) for p in err["loc"])]), "message": err["msg"]}
+            for err in exc.errors()
+        ]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        raise InvalidInput(f"invalid {where}: {detail}", errors=errors) from None
+
+
+def request_context(runtime: Runtime, caller: Caller, *, deadline_ms: int | None, spec: WorkflowSpec | None,
+                    pins: dict[str, str] | None) -> RequestContext:
+    budget = deadline_ms or (spec.deadline_ms if spec else None) or runtime.gateway.default_deadline_ms
+    return RequestContext(
+        request_id=caller.request_id, trace_id=caller.trace_id, traceparent=caller.traceparent,
+        tenant=caller.tenant.id, routing_key=caller.routing_key,
+        deadline=runtime.engine.clock() + budget / 1000, budget_ms=budget,
+        tenant_pins=caller.tenant.model_pins, explicit_pins=pins or {},
+        workflow=spec.name if spec else None, workflow_version=spec.version if spec else None,
+    )
+
+
+def metadata(ctx: RequestContext, reports: list[StepReport], started: float) -> dict:
+    return {
+        "request_id": ctx.request_id, "trace_id": ctx.trace_id, "workflow": ctx.workflow,
+        "workflow_version": ctx.workflow_version, "degraded": any(r.degraded for r in reports),
+        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+        "steps": [r.as_dict() for r in reports],
+    }
+
+
+async def respond(
+    runtime: Runtime,
+    caller: Caller,
+    idempotency_key: str | None,
+    body: BaseModel,
+    route: str,
+    run: Callable[[], Awaitable[dict]],
+) -> Response:
+    """Run `run` once per idempotency key (replaying the stored answer) and render JSON."""
+    runtime.quotas.consume(caller.tenant)
+    headers = {"x-request-id": caller.request_id, "x-trace-id": caller.trace_id}
+    if not idempotency_key:
+        return Response(orjson.dumps(await run()), media_type=JSON, headers=headers)
+    body_hash = content_hash({"route": route, "body": body.model_dump()})
+    stored = await runtime.idempotency.begin(caller.tenant.id, idempotency_key, body_hash)
+    if stored is not None:
+        return Response(stored.body, status_code=stored.status, media_type=JSON,
+                        headers={**stored.headers, "idempotent-replayed": "true"})
+    try:
+        content = orjson.dumps(await run())
+    except BaseException:
+        runtime.idempotency.abandon(caller.tenant.id, idempotency_key, body_hash)
+        raise
+    runtime.idempotency.complete(caller.tenant.id, idempotency_key, body_hash, 200, content, headers)
+    return Response(content, media_type=JSON, headers=headers)

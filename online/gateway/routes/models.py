@@ -1,0 +1,118 @@
+"""Single-model routes: generic predict, OpenAI-compatible embeddings, and rerank."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+
+import numpy as np
+from fastapi import APIRouter
+
+from models.schemas import get_task
+from models.workflows import RetryPolicy
+from online.gateway.api_models import (
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    PredictRequest,
+    PredictResponse,
+    RerankRequest,
+    RerankResponse,
+)
+from online.gateway.deps import Caller, DeadlineDep, IdempotencyKey, PredictCaller, RuntimeDep
+from online.gateway.engine import StepReport
+from online.gateway.execution import metadata, request_context, respond, validate
+from online.gateway.problems import InvalidInput, PayloadTooLarge, problem_responses
+from online.gateway.runtime import Runtime
+
+router = APIRouter(tags=["models"])
+_ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 429, 503, 504)
+
+
+async def _call(runtime: Runtime, caller: Caller, model: str, task: str, instances: list[dict],
+                version: str | None, deadline: int | None) -> tuple[list[dict], StepReport, dict]:
+    if len(instances) > runtime.gateway.max_instances:
+        raise PayloadTooLarge(
+            f"{len(instances)} instances in one call; send at most {runtime.gateway.max_instances} "
+            "or submit an async job")
+    ctx = request_context(runtime, caller, deadline_ms=deadline, spec=None,
+                          pins={model: version} if version else None)
+    started = time.perf_counter()
+    report, outputs = await runtime.engine.call_step(
+        step_id=model, model=model, task=task, instances=instances, ctx=ctx,
+        timeout_ms=int(ctx.budget_ms), retry=RetryPolicy(),
+    )
+    return outputs or [], report, metadata(ctx, [report], started)
+
+
+def _split_model(ref: str) -> tuple[str, str | None]:
+    name, _, version = ref.partition("@")
+    return name, version or None
+
+
+@router.post("/v1/models/{name}/predict", response_model=PredictResponse, responses=_ERRORS,
+             summary="Predict with one model")
+async def predict(name: str, body: PredictRequest, caller: PredictCaller, runtime: RuntimeDep,
+                  deadline: DeadlineDep, idempotency_key: IdempotencyKey = None) -> PredictResponse:
+    """Run one model over `instances` (each validated against the model's task schema)."""
+    task = get_task(runtime.model_task(name))
+    instances = [validate(task.input, inst, f"instances.{i}") for i, inst in enumerate(body.instances)]
+
+    async def run() -> dict:
+        outputs, _, meta = await _call(runtime, caller, name, task.name, instances, body.version, deadline)
+        return {"predictions": outputs, "metadata": meta}
+
+    return await respond(runtime, caller, idempotency_key, body, f"predict:{name}", run)
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=_ERRORS,
+             summary="Create embeddings (OpenAI-compatible)")
+async def embeddings(body: EmbeddingsRequest, caller: PredictCaller, runtime: RuntimeDep,
+                     deadline: DeadlineDep, idempotency_key: IdempotencyKey = None) -> EmbeddingsResponse:
+    """Embed one text or a list of texts; works with the `openai` Python client."""
+    name, version = _split_model(body.model)
+    if runtime.model_task(name) != "embed":
+        raise InvalidInput(f"model {name!r} is not an embedding model; use e.g. model='embedder'")
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not texts:
+        raise InvalidInput("input must hold at least one text")
+    task = get_task("embed")
+    instances = [validate(task.input, {"text": t}, f"input.{i}") for i, t in enumerate(texts)]
+
+    async def run() -> dict:
+        outputs, report, _ = await _call(runtime, caller, name, "embed", instances, version, deadline)
+        data = []
+        for i, out in enumerate(outputs):
+            vec = out["embedding"][: body.dimensions] if body.dimensions else out["embedding"]
+            if body.encoding_format == "base64":
+                vec = base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode()
+            data.append({"object": "embedding", "index": i, "embedding": vec})
+        tokens = sum(len(t.split()) for t in texts)
+        return {"object": "list", "data": data, "model": f"{name}@{report.version}",
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    return await respond(runtime, caller, idempotency_key, body, "embeddings", run)
+
+
+@router.post("/v1/rerank", response_model=RerankResponse, responses=_ERRORS, summary="Rerank documents")
+async def rerank(body: RerankRequest, caller: PredictCaller, runtime: RuntimeDep, deadline: DeadlineDep,
+                 idempotency_key: IdempotencyKey = None) -> RerankResponse:
+    """Order `documents` by relevance to `query`; returns the top `top_n` with scores."""
+    name, version = _split_model(body.model)
+    if runtime.model_task(name) != "rerank":
+        raise InvalidInput(f"model {name!r} is not a reranker; use e.g. model='reranker'")
+    docs = [d if isinstance(d, str) else d.text for d in body.documents]
+    instance = validate(get_task("rerank").input, {"query": body.query, "documents": docs, "top_n": body.top_n},
+                        "body")
+
+    async def run() -> dict:
+        outputs, report, _ = await _call(runtime, caller, name, "rerank", [instance], version, deadline)
+        results = [
+            {"index": r["index"], "relevance_score": r["score"],
+             **({"document": {"text": r["document"]}} if body.return_documents else {})}
+            for r in outputs[0]["results"]
+        ]
+        return {"id": caller.request_id or uuid.uuid4().hex, "model": f"{name}@{report.version}",
+                "results": results}
+
+    return await respond(runtime, caller, idempotency_key, body, "rerank", run)

@@ -1,0 +1,64 @@
+"""Workflow routes: list, describe and run a workflow synchronously."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+
+from online.gateway.api_models import RunRequest, RunResponse
+from online.gateway.deps import CallerDep, DeadlineDep, IdempotencyKey, PredictCaller, RuntimeDep
+from online.gateway.execution import metadata, request_context, respond, validate
+from online.gateway.problems import problem_responses
+
+router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
+
+
+@router.get("", summary="List the workflows this tenant may run")
+def list_workflows(caller: CallerDep, runtime: RuntimeDep) -> dict:
+    """Names, versions, descriptions and steps of the workflows open to the caller."""
+    allowed = [spec for name, spec in sorted(runtime.workflows.items()) if caller.tenant.allows_workflow(name)]
+    return {"workflows": [_describe(spec) for spec in allowed]}
+
+
+@router.get("/{name}", summary="Describe one workflow")
+def get_workflow(name: str, caller: CallerDep, runtime: RuntimeDep) -> dict:
+    """The workflow's input schema, steps and their dependencies."""
+    spec = runtime.workflow(name)
+    caller.tenant.require_workflow(name)
+    return {**_describe(spec), "input_schema": spec.input_model().model_json_schema()}
+
+
+@router.post(
+    "/{name}/run", response_model=RunResponse, summary="Run a workflow synchronously",
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 503, 504),
+)
+async def run_workflow(
+    name: str,
+    body: RunRequest,
+    caller: PredictCaller,
+    runtime: RuntimeDep,
+    deadline: DeadlineDep,
+    idempotency_key: IdempotencyKey = None,
+) -> RunResponse:
+    """Run every step of the workflow (independent steps in parallel) and return its output."""
+    spec = runtime.workflow(name)
+    caller.tenant.require_workflow(name)
+    payload = validate(spec.input_model(), {**body.input, **(body.params or {})}, "input")
+    ctx = request_context(runtime, caller, deadline_ms=deadline, spec=spec, pins=body.model_versions)
+
+    async def run() -> dict:
+        started = time.perf_counter()
+        output, reports = await runtime.engine.run(spec, payload, ctx)
+        return {"output": output, "metadata": metadata(ctx, reports, started)}
+
+    return await respond(runtime, caller, idempotency_key, body, f"workflow:{name}", run)
+
+
+def _describe(spec) -> dict:
+    return {
+        "name": spec.name, "version": spec.version, "description": spec.description,
+        "deadline_ms": spec.deadline_ms,
+        "steps": [{"id": s.id, "model": s.model, "task": s.task, "depends_on": sorted(s.dependencies),
+                   "optional": s.optional} for s in spec.steps],
+    }

@@ -1,0 +1,168 @@
+"""Everything one gateway process holds: registry view, tenants, limits, engine, log sink.
+
+Built once per app from settings; background tasks keep the registry view, the server
+directory and the tenant file fresh so changes reach a running gateway within seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lakehouse import Lake
+from models.registry import Registry
+from models.settings import TandemSettings
+from models.workflows import WorkflowSpec, load_workflows
+from online.gateway.breaker import BreakerBoard
+from online.gateway.cache import PredictionCache
+from online.gateway.client import ModelClient
+from online.gateway.engine import WorkflowEngine
+from online.gateway.idempotency import IdempotencyStore
+from online.gateway.limits import QuotaTracker, RateLimiter
+from online.gateway.logsink import PredictionLog
+from online.gateway.metrics import GatewayMetrics
+from online.gateway.problems import NotFound
+from online.gateway.routing import Router
+from online.gateway.settings import GatewaySettings
+from online.gateway.tenants import TenantStore
+
+log = logging.getLogger("tandem.gateway")
+
+DEPLOYMENTS_FILE = "deployments.json"
+
+
+@dataclass
+class ServerDirectory:
+    """Model name -> model server URL, from settings plus `deployments.json` (re-read on change)."""
+
+    static: Mapping[str, str]
+    path: Path | None
+    _mtime: float = -1.0
+    _current: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._current = dict(self.static)
+        self.refresh()
+
+    def refresh(self) -> None:
+        if self.path is None or not self.path.exists():
+            return
+        mtime = self.path.stat().st_mtime
+        if mtime == self._mtime:
+            return
+        try:
+            found = json.loads(self.path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read %s: %s", self.path, exc)
+            return
+        self._mtime = mtime
+        self._current = {**{k: v.rstrip("/") for k, v in found.items()}, **self.static}
+
+    def __call__(self) -> Mapping[str, str]:
+        return self._current
+
+
+class Runtime:
+    """The gateway's long-lived collaborators, shared by all requests."""
+
+    def __init__(
+        self,
+        settings: TandemSettings,
+        gateway: GatewaySettings,
+        *,
+        client: ModelClient | None = None,
+        lake: Lake | None = None,
+    ):
+        self.settings = settings
+        self.gateway = gateway
+        self.lake = lake or Lake(settings.lake_root, settings.storage_options or None)
+        from models.artifacts import ArtifactStore
+
+        self.registry = Registry(self.lake, ArtifactStore(settings.artifacts_root, settings.storage_options or None))
+        self.tenants = TenantStore(settings.tenants_file)
+        self.workflows: dict[str, WorkflowSpec] = load_workflows(settings.workflow_dir)
+        self.metrics = GatewayMetrics()
+        self.limiter = RateLimiter()
+        self.quotas = QuotaTracker()
+        self.idempotency = IdempotencyStore(ttl_s=gateway.idempotency_ttl_s)
+        self.servers = ServerDirectory(gateway.servers, settings.home.absolute() / DEPLOYMENTS_FILE)
+        self.states: dict[str, Any] = {}
+        self.tasks: dict[str, str] = {}
+        self.client = client or ModelClient()
+        self.breakers = BreakerBoard(failure_threshold=gateway.breaker_failures,
+                                     reset_timeout_s=gateway.breaker_reset_s)
+        self.cache = PredictionCache(max_entries=gateway.cache_max_entries, max_bytes=gateway.cache_max_bytes,
+                                     ttl_s=gateway.cache_ttl_s)
+        self.log = (
+            PredictionLog(self._write_predictions, max_rows=gateway.log_flush_rows,
+                          flush_interval_s=gateway.log_flush_s)
+            if gateway.log_enabled else None
+        )
+        self.engine = WorkflowEngine(
+            client=self.client, servers=self.servers, states=lambda: self.states, router=Router(),
+            cache=self.cache, breakers=self.breakers, log=self.log, metrics=self.metrics,
+            shadow_concurrency=gateway.shadow_concurrency,
+        )
+        self._tasks: list[asyncio.Task] = []
+        self.last_refresh = 0.0
+
+    def _write_predictions(self, rows: list[dict]) -> None:
+        self.lake.append("predictions", rows)
+
+    def workflow(self, name: str) -> WorkflowSpec:
+        try:
+            return self.workflows[name]
+        except KeyError:
+            raise NotFound(
+                f"no workflow {name!r}; available: {', '.join(sorted(self.workflows))}"
+            ) from None
+
+    def model_task(self, name: str) -> str:
+        """The task of a registered model (404 naming the registered ones otherwise)."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise NotFound(f"no model {name!r}; registered: {', '.join(sorted(self.tasks)) or 'none'}") from None
+
+    def refresh_registry(self) -> None:
+        """Fold the registry events now (called by the poller and after admin changes)."""
+        summaries = self.registry.list_models()
+        self.states = {m.name: m.state for m in summaries}
+        self.tasks = {m.name: m.task for m in summaries}
+        self.last_refresh = time.time()
+        self.metrics.registry_version.set(self.last_refresh)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.refresh_registry)
+        if self.log is not None:
+            self.log.start()
+        self._tasks.append(asyncio.create_task(self._poll()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.engine.drain_shadows()
+        if self.log is not None:
+            await self.log.stop()
+        await self.client.aclose()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.gateway.registry_poll_s)
+            try:
+                await asyncio.to_thread(self.refresh_registry)
+                self.servers.refresh()
+                self.tenants.reload_if_changed()
+            except Exception:  # keep serving on the last good view; the next poll retries
+                log.exception("registry refresh failed; serving the previous view")
+            for key, state in self.breakers.states().items():
+                self.metrics.breaker_state.labels(key).set(state)
+            if self.log is not None:
+                self.metrics.log_depth.set(self.log.depth)

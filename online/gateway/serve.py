@@ -1,0 +1,44 @@
+"""Run the gateway under uvicorn with JSON logs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import orjson
+import uvicorn
+
+from models.settings import TandemSettings
+from online.gateway.app import create_app
+from online.gateway.settings import GatewaySettings
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line; access lines are JSON already and pass through."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.name == "tandem.gateway.access":
+            return msg
+        doc = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name, "msg": msg}
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc).decode()
+
+
+def configure_logging(level: str = "INFO", access_log: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("tandem.gateway.access").setLevel("INFO" if access_log else "WARNING")
+
+
+def serve_gateway(settings: TandemSettings, host: str = "127.0.0.1", port: int = 8000,
+                  access_log: bool = False) -> None:
+    """Serve the gateway until interrupted (SIGINT/SIGTERM flush the prediction log first)."""
+    configure_logging(access_log=access_log)
+    app = create_app(settings, GatewaySettings())
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, loop="uvloop",
+                http="httptools", timeout_graceful_shutdown=10)

@@ -1,0 +1,29 @@
+"""Typed gateway settings (`TANDEM_GATEWAY_*` environment variables); read when asked."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    """Limits, timings and where the model servers are."""
+
+    model_config = SettingsConfigDict(env_prefix="TANDEM_GATEWAY_", extra="ignore")
+
+    servers: dict[str, str] = Field(default_factory=dict, description="Model name -> server base URL.")
+    max_body_bytes: int = Field(default=1 << 20, description="Larger request bodies get 413.")
+    max_instances: int = Field(default=256, description="Most instances in one predict/embeddings call.")
+    default_deadline_ms: int = Field(default=10_000, description="Deadline when neither header nor workflow sets one.")
+    max_deadline_ms: int = Field(default=120_000, description="Upper bound on a caller's X-Deadline-Ms.")
+    registry_poll_s: float = Field(default=1.0, description="How often registry changes are picked up.")
+    cache_ttl_s: float = 300.0
+    cache_max_entries: int = 50_000
+    cache_max_bytes: int = 256 << 20
+    idempotency_ttl_s: float = 24 * 3600
+    log_enabled: bool = Field(default=True, description="Write every prediction to the Delta log.")
+    log_flush_rows: int = 2000
+    log_flush_s: float = 1.0
+    shadow_concurrency: int = 8
+    breaker_failures: int = 5
+    breaker_reset_s: float = 5.0

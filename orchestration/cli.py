@@ -1,0 +1,323 @@
+"""The `tandem` command line: models, workflows, SQL, tenants, serving and the local launcher."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from models.settings import TandemSettings
+
+app = typer.Typer(help="Tandem: ML inference orchestration, online and batch.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+models_app = typer.Typer(help="The model registry: versions and aliases.", no_args_is_help=True)
+workflows_app = typer.Typer(help="Workflow specs.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Tenants and their API keys.", no_args_is_help=True)
+serve_app = typer.Typer(help="Run one component in the foreground.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(workflows_app, name="workflows")
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(serve_app, name="serve")
+
+console = Console()
+err = Console(stderr=True)
+Actor = Annotated[str, typer.Option(help="Who makes the change (recorded in the history).")]
+Reason = Annotated[str | None, typer.Option(help="Why (recorded in the history).")]
+
+
+def settings() -> TandemSettings:
+    return TandemSettings()
+
+
+def _platform():
+    from orchestration.bootstrap import Platform
+
+    return Platform.open(settings())
+
+
+def friendly(fn):
+    """Turn the platform's errors into a one-line reason and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from lakehouse import LakehouseError
+        from models.errors import TandemModelError
+        from online.gateway.problems import GatewayError
+
+        try:
+            return fn(*args, **kwargs)
+        except (TandemModelError, LakehouseError) as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        except GatewayError as exc:
+            err.print(f"[red]error:[/red] {exc.detail}", highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _table(title: str, columns: list[str], rows: list[list]) -> None:
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*["" if v is None else str(v) for v in row])
+    console.print(table)
+
+
+@app.command()
+@friendly
+def init(corpus_size: Annotated[int, typer.Option(help="Demo corpus size for the classifier.")] = 4000) -> None:
+    """Create TANDEM_HOME and register the reference models (safe to run again)."""
+    from orchestration.bootstrap import init_home
+
+    s = settings()
+    init_home(s, corpus_size=corpus_size, say=lambda m: console.print(m, highlight=False))
+    console.print(f"[green]ready:[/green] {s.home.absolute()}")
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+@models_app.command("list")
+@friendly
+def models_list() -> None:
+    """Models with their versions and aliases."""
+    rows = [[m.name, m.task, ", ".join(m.versions), m.state.stable, m.state.canary,
+             f"{m.state.canary_weight:.0%}" if m.state.canary else "", m.state.shadow]
+            for m in _platform().registry.list_models()]
+    _table("models", ["name", "task", "versions", "stable", "canary", "weight", "shadow"], rows)
+
+
+@models_app.command("show")
+@friendly
+def models_show(name: str, version: Annotated[str | None, typer.Argument()] = None) -> None:
+    """A model's versions (or one version in full)."""
+    reg = _platform().registry
+    if version:
+        console.print_json(json.dumps(asdict(reg.resolve(name, version)), default=str))
+        return
+    rows = [[v.version, v.sha256[:12], v.schema_hash[:12], json.dumps(v.metrics)[:60], v.created_at, v.description]
+            for v in reg.versions(name)]
+    _table(f"{name}", ["version", "sha256", "schema", "metrics", "created", "description"], rows)
+    console.print(asdict(reg.state(name)))
+
+
+@models_app.command("history")
+@friendly
+def models_history(name: str, limit: int = 20) -> None:
+    """Alias moves, newest first."""
+    rows = [[e.at, e.alias, e.version or "(cleared)", e.weight, e.actor, e.reason]
+            for e in _platform().registry.history(name, limit=limit)]
+    _table(f"{name} history", ["at", "alias", "version", "weight", "actor", "reason"], rows)
+
+
+@models_app.command("register")
+@friendly
+def models_register(
+    name: str,
+    task: str,
+    artifact_dir: Path,
+    version: Annotated[str | None, typer.Option(help="Default: the next integer.")] = None,
+    metrics: Annotated[str | None, typer.Option(help="JSON object of offline metrics.")] = None,
+    description: str | None = None,
+    actor: Actor = "cli",
+) -> None:
+    """Register an artifact directory as a new immutable version."""
+    mv = _platform().registry.register(name, task, artifact_dir, version=version,
+                                       metrics=json.loads(metrics) if metrics else None,
+                                       description=description, actor=actor)
+    console.print(f"registered {mv.name}@{mv.version} sha256={mv.sha256[:16]}")
+
+
+@models_app.command("promote")
+@friendly
+def models_promote(name: str, version: str, actor: Actor = "cli", reason: Reason = None) -> None:
+    """Make VERSION the stable version."""
+    console.print(asdict(_platform().registry.promote(name, version, actor=actor, reason=reason)))
+
+
+@models_app.command("canary")
+@friendly
+def models_canary(
+    name: str,
+    version: str,
+    weight: Annotated[float, typer.Option(help="Share of traffic, 0..1.")] = 0.1,
+    actor: Actor = "cli",
+    reason: Reason = None,
+) -> None:
+    """Route WEIGHT of traffic (sticky per routing key) to VERSION."""
+    console.print(asdict(_platform().registry.set_canary(name, version, weight, actor=actor, reason=reason)))
+
+
+@models_app.command("shadow")
+@friendly
+def models_shadow(
+    name: str,
+    version: Annotated[str | None, typer.Argument(help="Omit to clear the shadow.")] = None,
+    actor: Actor = "cli",
+    reason: Reason = None,
+) -> None:
+    """Copy traffic to VERSION off the response path."""
+    console.print(asdict(_platform().registry.set_shadow(name, version, actor=actor, reason=reason)))
+
+
+@models_app.command("rollback")
+@friendly
+def models_rollback(name: str, actor: Actor = "cli", reason: Reason = None) -> None:
+    """Clear the canary, or move stable back to the previous stable version."""
+    console.print(asdict(_platform().registry.rollback(name, actor=actor, reason=reason)))
+
+
+# --- workflows -----------------------------------------------------------------------------
+
+
+@workflows_app.command("list")
+@friendly
+def workflows_list() -> None:
+    """Shipped and configured workflows."""
+    from models.workflows import load_workflows
+
+    rows = [[w.name, w.version, " → ".join("‖".join(s.id for s in level) for level in w.levels()), w.description]
+            for w in load_workflows(settings().workflow_dir).values()]
+    _table("workflows", ["name", "version", "steps (‖ = parallel)", "description"], rows)
+
+
+@workflows_app.command("show")
+@friendly
+def workflows_show(name: str) -> None:
+    """A workflow's spec, as validated."""
+    from models.errors import WorkflowError
+    from models.workflows import load_workflows
+
+    found = load_workflows(settings().workflow_dir)
+    if name not in found:
+        raise WorkflowError(f"no workflow {name!r}; available: {', '.join(sorted(found))}")
+    console.print_json(found[name].model_dump_json())
+
+
+# --- sql -----------------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def sql(
+    query: str,
+    format: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
+    limit: Annotated[int, typer.Option(help="Rows shown in table format.")] = 100,
+) -> None:
+    """Run SQL (DuckDB) over the Delta tables, e.g. `tandem sql "SELECT count(*) FROM predictions"`."""
+    result = _platform().lake.sql(query)
+    if format == "json":
+        sys.stdout.write(json.dumps(result.to_pylist(), default=str) + "\n")
+    elif format == "csv":
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(result, sys.stdout.buffer)
+    elif format == "table":
+        rows = result.slice(0, limit).to_pylist()
+        _table(f"{result.num_rows} rows", result.column_names, [list(r.values()) for r in rows])
+    else:
+        err.print(f"[red]error:[/red] unknown --format {format!r}; use table, csv or json")
+        raise typer.Exit(2)
+
+
+# --- tenants -------------------------------------------------------------------------------
+
+
+@tenants_app.command("create")
+@friendly
+def tenants_create(
+    tenant_id: str,
+    scopes: Annotated[str, typer.Option(help="Comma-separated: predict,jobs,admin")] = "predict",
+    workflows: Annotated[str, typer.Option(help="Comma-separated workflow names, or *")] = "*",
+    rate: Annotated[float, typer.Option(help="Requests per second (token bucket rate).")] = 20.0,
+    burst: Annotated[int, typer.Option(help="Token bucket size.")] = 40,
+    daily_quota: Annotated[int | None, typer.Option(help="Requests per UTC day.")] = None,
+    pin: Annotated[list[str] | None, typer.Option(help="Model pin MODEL=VERSION (repeatable).")] = None,
+) -> None:
+    """Create a tenant and print its API key (shown once)."""
+    from online.gateway.tenants import TenantStore
+
+    pins = dict(p.split("=", 1) for p in pin or [])
+    _, key = TenantStore(settings().tenants_file).create(
+        tenant_id, scopes=set(scopes.split(",")), workflows=workflows.split(","), rate_per_s=rate, burst=burst,
+        daily_quota=daily_quota, model_pins=pins)
+    console.print(f"tenant {tenant_id} created; API key (store it now, it is not kept):\n{key}", highlight=False)
+
+
+@tenants_app.command("list")
+@friendly
+def tenants_list() -> None:
+    """Tenants, their scopes and limits."""
+    from online.gateway.tenants import TenantStore
+
+    rows = [[t.id, ",".join(sorted(t.scopes)), ",".join(t.workflows), t.rate_per_s, t.burst, t.daily_quota,
+             json.dumps(t.model_pins), len(t.key_hashes)] for t in TenantStore(settings().tenants_file).list()]
+    _table("tenants", ["id", "scopes", "workflows", "rate/s", "burst", "daily quota", "pins", "keys"], rows)
+
+
+@tenants_app.command("rotate-key")
+@friendly
+def tenants_rotate(tenant_id: str, keep_old: bool = False) -> None:
+    """Issue a new API key (the old one stops working unless --keep-old)."""
+    from online.gateway.tenants import TenantStore
+
+    key = TenantStore(settings().tenants_file).rotate_key(tenant_id, keep_old=keep_old)
+    console.print(f"new API key for {tenant_id}:\n{key}", highlight=False)
+
+
+# --- serving -------------------------------------------------------------------------------
+
+
+@serve_app.command("model")
+@friendly
+def serve_model(
+    name: str,
+    versions: Annotated[str | None, typer.Option(help="Comma-separated; default: stable, canary, shadow.")] = None,
+    host: str = "127.0.0.1",
+    port: int = 8100,
+    max_batch_size: int | None = None,
+    batch_timeout: float | None = None,
+) -> None:
+    """Serve one model (its aliased versions) with LitServe and dynamic batching."""
+    from online.servers import serve_model as run
+
+    run(settings(), name, versions=versions.split(",") if versions else None, host=host, port=port,
+        max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+
+
+@serve_app.command("gateway")
+@friendly
+def serve_gateway(host: str = "127.0.0.1", port: int = 8000, access_log: bool = False) -> None:
+    """Serve the workflow gateway."""
+    from online.gateway.serve import serve_gateway as run
+
+    run(settings(), host, port, access_log=access_log)
+
+
+@app.command()
+@friendly
+def up(
+    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Gateway port; model servers take the ports after it.")] = 8000,
+) -> None:
+    """Start the whole platform locally: model servers, gateway (Ctrl-C stops everything)."""
+    from orchestration.launcher import run_platform
+
+    run_platform(settings(), host=host, port=port, say=lambda m: console.print(m, highlight=False))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

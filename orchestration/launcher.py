@@ -1,0 +1,143 @@
+"""`tandem up`: one model server per deployed model plus the gateway, as child processes.
+
+Ctrl-C (or SIGTERM) stops every process this launcher started: SIGINT first so each one
+shuts down cleanly (the gateway flushes its prediction log), then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from models.settings import TandemSettings
+from orchestration.bootstrap import Platform, demo_key, init_home
+from online.gateway.runtime import DEPLOYMENTS_FILE
+
+REFERENCE_MODELS = ("embedder", "classifier", "reranker")
+EXAMPLES = {
+    "classify": {"input": {"text": "The striker scored twice in the final minutes."}},
+    "enrich": {"input": {"text": "Shares of the chip maker jumped after strong earnings."}},
+    "search": {"input": {"query": "cheap flights to Rome",
+                         "documents": ["Budget airline tickets to Italy", "How to treat a sprained ankle",
+                                       "Rome hotel deals"]},
+               "params": {"top_n": 2}},
+}
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    health_url: str
+
+
+def run_platform(settings: TandemSettings, *, host: str = "127.0.0.1", port: int = 8000,
+                 say: Callable[[str], None] = print, block: bool = True) -> list[Child]:
+    """Start everything, wait until healthy, print how to call it, then wait for Ctrl-C."""
+    platform = Platform.open(settings)
+    models = {m.name: m for m in platform.registry.list_models()}
+    if not all(name in models and models[name].state.stable for name in REFERENCE_MODELS):
+        say("first run: initialising TANDEM_HOME (about a minute: trains the demo classifier)")
+        init_home(settings, say=say)
+        models = {m.name: m for m in platform.registry.list_models()}
+
+    env = {**os.environ, "TANDEM_HOME": str(settings.home.absolute()), "PYTHONUNBUFFERED": "1",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    children: list[Child] = []
+    servers: dict[str, str] = {}
+    try:
+        deployed = [name for name, m in sorted(models.items()) if m.state.stable]
+        for i, name in enumerate(deployed, start=1):
+            mport = port + i
+            url = f"http://{host}:{mport}"
+            say(f"starting model server {name} on {url}")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "online.servers", "--home", str(settings.home.absolute()), name,
+                 "--host", host, "--port", str(mport)], env=env)
+            children.append(Child(f"model server {name}", proc, f"{url}/health"))
+            servers[name] = url
+        (settings.home / DEPLOYMENTS_FILE).write_text(json.dumps(servers, indent=2))
+        gateway_url = f"http://{host}:{port}"
+        say(f"starting gateway on {gateway_url}")
+        proc = subprocess.Popen([sys.executable, "-m", "online.gateway", "--home", str(settings.home.absolute()),
+                                 "--host", host, "--port", str(port)], env=env)
+        children.append(Child("gateway", proc, f"{gateway_url}/readyz"))
+        _wait_healthy(children, say)
+        _banner(settings, gateway_url, say)
+        if not block:
+            return children
+        _wait_forever(children, say)
+    except BaseException:
+        stop_children(children, say)
+        raise
+    stop_children(children, say)
+    return children
+
+
+def _wait_healthy(children: list[Child], say: Callable[[str], None], timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = {c.name: c for c in children}
+    while pending:
+        for name, child in list(pending.items()):
+            if child.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {child.proc.returncode}; see its log above")
+            try:
+                if httpx.get(child.health_url, timeout=2).status_code == 200:
+                    say(f"  ✓ {name} healthy")
+                    del pending[name]
+            except httpx.HTTPError:
+                pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not healthy after {timeout_s:.0f} s: {', '.join(pending)}")
+        if pending:
+            time.sleep(0.5)
+
+
+def _banner(settings: TandemSettings, url: str, say: Callable[[str], None]) -> None:
+    key = demo_key(settings) or "<run `tandem tenants create NAME --scopes predict`>"
+    say("")
+    say(f"Tandem is up.  gateway: {url}   docs: {url}/docs   metrics: {url}/metrics")
+    say(f"demo tenant API key: {key}")
+    for name, body in EXAMPLES.items():
+        say(f"\n# {name}\ncurl -s {url}/v1/workflows/{name}/run -H 'Authorization: Bearer {key}' "
+            f"-H 'Content-Type: application/json' -d '{json.dumps(body)}'")
+    say("\nPress Ctrl-C to stop every process.")
+
+
+def _wait_forever(children: list[Child], say: Callable[[str], None]) -> None:
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        while True:
+            for child in children:
+                if child.proc.poll() is not None:
+                    say(f"{child.name} exited with code {child.proc.returncode}; stopping the platform")
+                    return
+            time.sleep(1)
+    except KeyboardInterrupt:
+        say("stopping ...")
+
+
+def stop_children(children: list[Child], say: Callable[[str], None] = print, grace_s: float = 15) -> None:
+    """SIGINT each child, wait, then SIGKILL whatever is left."""
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        try:
+            child.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            say(f"{child.name} did not stop in {grace_s:.0f} s; killing it")
+            child.proc.kill()
+            child.proc.wait()
