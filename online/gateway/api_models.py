@@ -131,3 +131,30 @@ class CanaryBody(_Body):
 
 class ReasonBody(_Body):
     reason: str | None = None
+
+
+class Problem(BaseModel):
+    """An RFC 7807 problem document (`application/problem+json`)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    request_id: str | None = None
+    errors: list[dict[str, str]] | None = None
+
+
+_PROBLEM_TEXT = {
+    401: "Unknown or missing API key", 403: "Missing scope or workflow not allowed",
+    404: "Unknown workflow, model or version", 409: "Idempotency-Key reused with another body",
+    413: "Body or instance count over the limit", 422: "Input does not match the schema (fields named)",
+    429: "Rate limit or daily quota (see Retry-After)", 503: "No healthy model server for a required step",
+    504: "The request deadline passed",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int, dict]:
+    """OpenAPI `responses` entries for the problem statuses a route can answer."""
+    return {s: {"model": Problem, "description": _PROBLEM_TEXT.get(s, "Error"),
+                "content": {"application/problem+json": {}}} for s in statuses}

@@ -88,9 +88,10 @@ def deadline_ms(
     try:
         value = int(x_deadline_ms)
     except ValueError:
-        raise InvalidInput("X-Deadline-Ms must be a whole number of milliseconds, e.g. 2000") from None
+        value = 0
     if value <= 0:
-        raise InvalidInput("X-Deadline-Ms must be positive")
+        raise InvalidInput([{"field": "header.X-Deadline-Ms",
+                             "message": "must be a positive whole number of milliseconds, e.g. 2000"}])
     return min(value, runtime.gateway.max_deadline_ms)
 
 

@@ -142,8 +142,11 @@ class WorkflowEngine:
                 f"the workflow did not finish within its deadline of {self._deadline_ms(ctx):.0f} ms; "
                 "send a larger X-Deadline-Ms or retry later"
             ) from None
-        except* GatewayError as group_err:
-            raise group_err.exceptions[0] from None
+        except BaseExceptionGroup as group_err:
+            first = _first_gateway_error(group_err)
+            if first is None:
+                raise
+            raise first from None
         output = assemble_output(spec, context)
         return output, [reports[s.id] for s in spec.steps if s.id in reports]
 
@@ -282,8 +285,7 @@ class WorkflowEngine:
                 self._count_error(ctx, step_id, model, route, "retry")
                 last = self._unavailable(model, exc)
                 if attempt < retry.attempts:
-                    cap = min(retry.max_backoff_ms, retry.backoff_ms * 2 ** (attempt - 1)) / 1000
-                    delay = self._rng() * cap
+                    delay = self._rng() * retry.backoff_before(attempt + 1)
                     if delay >= self._time_left(ctx):
                         break
                     await self._sleep(delay)
@@ -298,7 +300,7 @@ class WorkflowEngine:
                 f"the model server for {model!r} does not serve version {version}; "
                 f"restart it with `tandem serve model {model}` to load the registry's current versions")
         if exc.status == 422:
-            return InvalidInput(f"model {model!r} rejected the input: {exc}")
+            return InvalidInput([{"field": "input", "message": f"model {model!r} rejected it: {exc}"}])
         return UpstreamError(f"model {model!r} refused the call: {exc}")
 
     @staticmethod
@@ -366,6 +368,15 @@ class WorkflowEngine:
 
     def _deadline_ms(self, ctx: RequestContext) -> float:
         return ctx.budget_ms
+
+
+def _first_gateway_error(group: BaseExceptionGroup) -> GatewayError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, GatewayError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup) and (found := _first_gateway_error(exc)) is not None:
+            return found
+    return None
 
 
 def summarize(inp: dict, out: dict | None) -> str:

@@ -29,8 +29,7 @@ def validate(model: type[BaseModel], data: Any, where: str) -> dict:
             {"field": ".".join([where, *(str(p) for p in err["loc"])]), "message": err["msg"]}
             for err in exc.errors()
         ]
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        raise InvalidInput(f"invalid {where}: {detail}", errors=errors) from None
+        raise InvalidInput(errors) from None
 
 
 def request_context(runtime: Runtime, caller: Caller, *, deadline_ms: int | None, spec: WorkflowSpec | None,
@@ -75,7 +74,7 @@ async def respond(
     try:
         content = orjson.dumps(await run())
     except BaseException:
-        runtime.idempotency.abandon(caller.tenant.id, idempotency_key, body_hash)
+        await runtime.idempotency.abandon(caller.tenant.id, idempotency_key, body_hash)
         raise
-    runtime.idempotency.complete(caller.tenant.id, idempotency_key, body_hash, 200, content, headers)
+    await runtime.idempotency.complete(caller.tenant.id, idempotency_key, body_hash, 200, content, headers)
     return Response(content, media_type=JSON, headers=headers)

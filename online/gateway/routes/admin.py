@@ -8,7 +8,8 @@ from fastapi import APIRouter
 
 from online.gateway.api_models import AliasBody, CanaryBody, ReasonBody
 from online.gateway.deps import AdminCaller, RuntimeDep
-from online.gateway.problems import problem_responses
+from online.gateway.api_models import problem_responses
+from online.gateway.problems import InvalidInput
 from online.gateway.runtime import Runtime
 
 router = APIRouter(prefix="/v1/admin/models", tags=["admin"], responses=problem_responses(401, 403, 404, 409, 422))
@@ -46,9 +47,7 @@ def history(name: str, caller: AdminCaller, runtime: RuntimeDep, limit: int = 50
 def promote(name: str, body: AliasBody, caller: AdminCaller, runtime: RuntimeDep) -> dict:
     """Make `version` the stable version (refused if its schema does not match the task)."""
     if body.version is None:
-        from online.gateway.problems import InvalidInput
-
-        raise InvalidInput("body.version is required to promote")
+        raise InvalidInput([{"field": "body.version", "message": "required to promote"}])
     return _changed(runtime, runtime.registry.promote(name, body.version, actor=_actor(caller), reason=body.reason))
 
 

@@ -22,7 +22,8 @@ from online.gateway.api_models import (
 from online.gateway.deps import Caller, DeadlineDep, IdempotencyKey, PredictCaller, RuntimeDep
 from online.gateway.engine import StepReport
 from online.gateway.execution import metadata, request_context, respond, validate
-from online.gateway.problems import InvalidInput, PayloadTooLarge, problem_responses
+from online.gateway.api_models import problem_responses
+from online.gateway.problems import InvalidInput, PayloadTooLarge
 from online.gateway.runtime import Runtime
 
 router = APIRouter(tags=["models"])
@@ -72,10 +73,10 @@ async def embeddings(body: EmbeddingsRequest, caller: PredictCaller, runtime: Ru
     """Embed one text or a list of texts; works with the `openai` Python client."""
     name, version = _split_model(body.model)
     if runtime.model_task(name) != "embed":
-        raise InvalidInput(f"model {name!r} is not an embedding model; use e.g. model='embedder'")
+        raise InvalidInput([{"field": "model", "message": f"{name!r} is not an embedding model; use e.g. 'embedder'"}])
     texts = [body.input] if isinstance(body.input, str) else body.input
     if not texts:
-        raise InvalidInput("input must hold at least one text")
+        raise InvalidInput([{"field": "input", "message": "must hold at least one text"}])
     task = get_task("embed")
     instances = [validate(task.input, {"text": t}, f"input.{i}") for i, t in enumerate(texts)]
 
@@ -100,7 +101,7 @@ async def rerank(body: RerankRequest, caller: PredictCaller, runtime: RuntimeDep
     """Order `documents` by relevance to `query`; returns the top `top_n` with scores."""
     name, version = _split_model(body.model)
     if runtime.model_task(name) != "rerank":
-        raise InvalidInput(f"model {name!r} is not a reranker; use e.g. model='reranker'")
+        raise InvalidInput([{"field": "model", "message": f"{name!r} is not a reranker; use e.g. 'reranker'"}])
     docs = [d if isinstance(d, str) else d.text for d in body.documents]
     instance = validate(get_task("rerank").input, {"query": body.query, "documents": docs, "top_n": body.top_n},
                         "body")

@@ -1,0 +1,261 @@
+"""The gateway's errors, each answered as an RFC 7807 `application/problem+json` document.
+
+    GatewayError                 any error the gateway answers with a problem document
+    ├── Unauthorized             401 no API key, or one no tenant holds
+    ├── Forbidden                403 the tenant lacks a scope or may not run the workflow
+    ├── NotFound                 404 no such workflow, job or model
+    ├── Conflict                 409 an Idempotency-Key reused with a different body
+    ├── PayloadTooLarge          413 the request body or its batch is over the limit
+    ├── InvalidInput             422 the request does not match its schema (lists each field)
+    ├── RateLimited              429 the tenant's token bucket is empty (Retry-After)
+    ├── QuotaExceeded            429 the tenant's daily quota is used up (Retry-After: UTC midnight)
+    ├── UpstreamError            502 a model server failed and no fallback answered
+    ├── ServiceUnavailable       503 no healthy model server, or no stable version to route to
+    └── DeadlineExceeded         504 the request's deadline passed before the workflow finished
+
+Status codes are chosen here and nowhere else; `install_problem_handlers` also renders FastAPI's
+validation errors, `HTTPException`s and unhandled exceptions (a 500 that names only the request id).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+__all__ = [
+    "PROBLEM_MEDIA_TYPE",
+    "Conflict",
+    "DeadlineExceeded",
+    "Forbidden",
+    "GatewayError",
+    "InvalidInput",
+    "NotFound",
+    "PayloadTooLarge",
+    "QuotaExceeded",
+    "RateLimited",
+    "ServiceUnavailable",
+    "Unauthorized",
+    "UpstreamError",
+    "install_problem_handlers",
+    "problem_response",
+    "retry_after_seconds",
+]
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+_TYPE_PREFIX = "urn:tandem:problem:"
+
+
+class GatewayError(Exception):
+    """An error the gateway answers with a problem document of status `status`."""
+
+    status: int = 500
+    title: str = "Internal Server Error"
+    slug: str = "internal"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ):
+        super().__init__(detail)
+        self.detail = detail
+        self.headers: dict[str, str] = dict(headers or {})
+        self.extra: dict[str, Any] = dict(extra or {})
+
+    @property
+    def type(self) -> str:
+        return _TYPE_PREFIX + self.slug
+
+
+class Unauthorized(GatewayError):
+    """No API key was sent, or no tenant holds the one sent."""
+
+    status, title, slug = 401, "Unauthorized", "unauthorized"
+
+    def __init__(self, detail: str, **kwargs: Any):
+        kwargs.setdefault("headers", {"WWW-Authenticate": 'Bearer realm="tandem"'})
+        super().__init__(detail, **kwargs)
+
+
+class Forbidden(GatewayError):
+    """The tenant is known but may not do this (missing scope, workflow not allowed)."""
+
+    status, title, slug = 403, "Forbidden", "forbidden"
+
+
+class NotFound(GatewayError):
+    """No such workflow, job, model or route."""
+
+    status, title, slug = 404, "Not Found", "not-found"
+
+
+class Conflict(GatewayError):
+    """The request conflicts with an earlier one (e.g. an Idempotency-Key reused)."""
+
+    status, title, slug = 409, "Conflict", "conflict"
+
+
+class PayloadTooLarge(GatewayError):
+    """The request body, or the number of inputs in it, is over the limit."""
+
+    status, title, slug = 413, "Payload Too Large", "payload-too-large"
+
+
+class InvalidInput(GatewayError):
+    """The request does not match its schema; `errors` names each offending field."""
+
+    status, title, slug = 422, "Invalid Input", "invalid-input"
+
+    def __init__(self, errors: list[dict[str, str]], detail: str | None = None, **kwargs: Any):
+        self.errors = [{"field": str(e["field"]), "message": str(e["message"])} for e in errors]
+        if detail is None:
+            detail = "; ".join(f"{e['field']}: {e['message']}" for e in self.errors[:10])
+            if len(self.errors) > 10:
+                detail += f"; and {len(self.errors) - 10} more (see errors)"
+        super().__init__(detail or "the request is invalid", **kwargs)
+
+
+def retry_after_seconds(seconds: float) -> int:
+    """Whole seconds for Retry-After, at least 1: rounding up never invites a retry refused again."""
+    return max(1, math.ceil(seconds - 1e-9))
+
+
+class RateLimited(GatewayError):
+    """The tenant's token bucket is empty; `retry_after` is whole seconds until a token is back."""
+
+    status, title, slug = 429, "Too Many Requests", "rate-limited"
+
+    def __init__(self, retry_after_s: float, detail: str | None = None, **kwargs: Any):
+        self.retry_after = retry_after_seconds(retry_after_s)
+        headers = {**kwargs.pop("headers", {}), "Retry-After": str(self.retry_after)}
+        extra = {**kwargs.pop("extra", {}), "retry_after": self.retry_after}
+        detail = detail or f"rate limit exceeded; retry after {self.retry_after} s"
+        super().__init__(detail, headers=headers, extra=extra, **kwargs)
+
+
+class QuotaExceeded(GatewayError):
+    """The tenant's daily quota is used up; `retry_after` is whole seconds until it resets."""
+
+    status, title, slug = 429, "Quota Exceeded", "quota-exceeded"
+
+    def __init__(self, retry_after_s: float, *, limit: int, detail: str | None = None, **kwargs: Any):
+        self.retry_after = retry_after_seconds(retry_after_s)
+        self.limit = limit
+        headers = {**kwargs.pop("headers", {}), "Retry-After": str(self.retry_after)}
+        extra = {**kwargs.pop("extra", {}), "retry_after": self.retry_after, "limit": limit}
+        detail = detail or (
+            f"daily quota of {limit} requests used up; it resets at 00:00 UTC, in {self.retry_after} s"
+        )
+        super().__init__(detail, headers=headers, extra=extra, **kwargs)
+
+
+class UpstreamError(GatewayError):
+    """A model server failed and no fallback answered."""
+
+    status, title, slug = 502, "Bad Gateway", "upstream-error"
+
+
+class ServiceUnavailable(GatewayError):
+    """No healthy model server (circuit open) or nothing to route to."""
+
+    status, title, slug = 503, "Service Unavailable", "service-unavailable"
+
+
+class DeadlineExceeded(GatewayError):
+    """The request's deadline passed before the workflow finished."""
+
+    status, title, slug = 504, "Gateway Timeout", "deadline-exceeded"
+
+
+def problem_response(err: GatewayError, instance: str, request_id: str) -> Response:
+    """Render `err` as an `application/problem+json` response with its headers."""
+    body: dict[str, Any] = {
+        **err.extra,
+        "type": err.type,
+        "title": err.title,
+        "status": err.status,
+        "detail": err.detail,
+        "instance": instance,
+        "request_id": request_id,
+    }
+    errors = getattr(err, "errors", None)
+    if errors:
+        body["errors"] = errors
+    headers = {**err.headers, "X-Request-ID": request_id}
+    return Response(
+        orjson.dumps(body, default=str), status_code=err.status, headers=headers, media_type=PROBLEM_MEDIA_TYPE
+    )
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Answer every error of `app` as problem+json: ours, validation, HTTPException and the unexpected."""
+    app.add_exception_handler(GatewayError, _on_gateway_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(Exception, _on_unhandled)
+
+
+def _request_id(request: Request) -> str:
+    """The id the request middleware assigned, else the caller's X-Request-ID, else a new one."""
+    rid = getattr(request.state, "request_id", None) or request.headers.get("x-request-id")
+    if not rid:
+        rid = uuid.uuid4().hex
+        request.state.request_id = rid
+    return str(rid)[:128]
+
+
+async def _on_gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return problem_response(exc, request.url.path, _request_id(request))
+
+
+def _field_path(loc: Any) -> str:
+    return ".".join(str(part) for part in loc) if isinstance(loc, (list, tuple)) else str(loc)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"field": _field_path(e.get("loc", ())), "message": str(e.get("msg", ""))} for e in exc.errors()]
+    return problem_response(InvalidInput(errors), request.url.path, _request_id(request))
+
+
+class _HTTPProblem(GatewayError):
+    """An HTTPException raised by FastAPI/Starlette (unknown route, wrong method, ...)."""
+
+    def __init__(self, status: int, detail: str, headers: Mapping[str, str] | None):
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        self.status, self.title, self.slug = status, phrase, "http-" + str(status)
+        super().__init__(detail or phrase, headers=headers)
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else orjson.dumps(exc.detail, default=str).decode()
+    err = _HTTPProblem(exc.status_code, detail, exc.headers)
+    return problem_response(err, request.url.path, _request_id(request))
+
+
+async def _on_unhandled(request: Request, exc: Exception) -> Response:
+    rid = _request_id(request)
+    logger.error(
+        "unhandled error on %s %s (request_id=%s)", request.method, request.url.path, rid, exc_info=exc
+    )
+    err = GatewayError(f"the gateway failed unexpectedly; quote request_id {rid} when reporting it")
+    return problem_response(err, request.url.path, rid)

@@ -1,0 +1,159 @@
+"""The workflow engine against fake model servers (httpx MockTransport): no network, no models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+from models._registry_state import AliasState
+from models.testing import hash_vector
+from models.workflows import RetryPolicy, load_workflows
+from online.gateway.breaker import BreakerBoard
+from online.gateway.cache import PredictionCache
+from online.gateway.client import ModelClient
+from online.gateway.engine import RequestContext, WorkflowEngine
+from online.gateway.metrics import GatewayMetrics
+from online.gateway.problems import DeadlineExceeded, ServiceUnavailable
+from online.gateway.routing import Router
+
+WORKFLOWS = load_workflows()
+SERVERS = {"embedder": "http://embedder", "classifier": "http://classifier", "reranker": "http://reranker"}
+
+
+def fake_output(model: str, version: str, inp: dict) -> dict:
+    if model == "embedder":
+        return {"embedding": hash_vector(version + inp["text"], 4)}
+    if model == "classifier":
+        return {"label": "sports", "score": 0.9, "scores": {"sports": 0.9, "tech": 0.1}}
+    docs = inp["documents"]
+    return {"results": [{"index": i, "document": d, "score": 1.0 / (i + 1)} for i, d in enumerate(docs)]}
+
+
+class FakeServers:
+    """Answers /predict like a model server; can be slowed down or broken per model."""
+
+    def __init__(self, delay_s: float = 0.0):
+        self.delay_s = delay_s
+        self.down: set[str] = set()
+        self.fail_first: dict[str, int] = {}
+        self.calls: list[tuple[str, str, float, float]] = []  # model, version, start, end
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        model = request.url.host
+        body = json.loads(request.content)
+        start = time.perf_counter()
+        if model in self.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        if self.fail_first.get(model, 0) > 0:
+            self.fail_first[model] -= 1
+            return httpx.Response(500, json={"detail": "boom"})
+        await asyncio.sleep(self.delay_s)
+        self.calls.append((model, body["version"], start, time.perf_counter()))
+        outputs = [fake_output(model, body["version"], inp) for inp in body["inputs"]]
+        return httpx.Response(200, json={"version": body["version"], "outputs": outputs})
+
+
+def make_engine(fake: FakeServers, states: dict | None = None, **kw) -> WorkflowEngine:
+    states = states or {m: AliasState(name=m, stable="1") for m in SERVERS}
+    return WorkflowEngine(
+        client=ModelClient(transport=httpx.MockTransport(fake)), servers=lambda: SERVERS,
+        states=lambda: states, router=Router(), cache=PredictionCache(), log=None,
+        breakers=BreakerBoard(failure_threshold=3, reset_timeout_s=60), metrics=GatewayMetrics(),
+        rng=lambda: 0.0, **kw,
+    )
+
+
+def ctx(deadline_s: float = 5.0, **kw) -> RequestContext:
+    return RequestContext(request_id="r1", trace_id="t" * 32, traceparent=f"00-{'a' * 32}-{'b' * 16}-01",
+                          tenant="acme", routing_key="acme:r1", deadline=time.monotonic() + deadline_s,
+                          budget_ms=deadline_s * 1000, **kw)
+
+
+async def test_enrich_runs_its_two_branches_concurrently():
+    fake = FakeServers(delay_s=0.2)
+    engine = make_engine(fake)
+    started = time.perf_counter()
+    output, reports = await engine.run(WORKFLOWS["enrich"], {"text": "goal!"}, ctx())
+    elapsed = time.perf_counter() - started
+    assert output["label"] == "sports" and len(output["embedding"]) == 4
+    (_, _, s1, e1), (_, _, s2, e2) = fake.calls
+    assert max(s1, s2) < min(e1, e2), "the embed and classify calls did not overlap"
+    assert elapsed < 0.38  # two 0.2 s calls run side by side, not one after the other
+    assert [r.step for r in reports] == ["embed", "classify"]
+
+
+async def test_search_feeds_embeddings_into_rerank():
+    fake = FakeServers()
+    output, reports = await make_engine(fake).run(
+        WORKFLOWS["search"], {"query": "q", "documents": ["a", "b", "c"]}, ctx())
+    assert [r["index"] for r in output["results"]] == [0, 1, 2]
+    order = [c[0] for c in fake.calls]
+    assert order.index("reranker") == 2  # after both embedding steps
+    embed_docs = [c for c in fake.calls if c[0] == "embedder"]
+    assert len(embed_docs) == 2  # query + all documents in one batched call
+
+
+async def test_retryable_failures_are_retried_then_succeed():
+    fake = FakeServers()
+    fake.fail_first["classifier"] = 1
+    output, reports = await make_engine(fake).run(WORKFLOWS["classify"], {"text": "x"}, ctx())
+    assert output["label"] == "sports"
+    assert reports[0].attempts == 2
+
+
+async def test_dead_server_gives_503_and_opens_the_breaker():
+    fake = FakeServers()
+    fake.down.add("classifier")
+    engine = make_engine(fake)
+    for _ in range(2):
+        with pytest.raises(ServiceUnavailable):
+            await engine.run(WORKFLOWS["classify"], {"text": "x"}, ctx())
+    assert engine.breakers.get(SERVERS["classifier"]).state.name.lower() == "open"
+    with pytest.raises(ServiceUnavailable, match="circuit open"):
+        await engine.run(WORKFLOWS["classify"], {"text": "x"}, ctx())
+
+
+async def test_deadline_bounds_the_whole_workflow():
+    fake = FakeServers(delay_s=0.5)
+    with pytest.raises(DeadlineExceeded):
+        await make_engine(fake).run(WORKFLOWS["classify"], {"text": "x"}, ctx(deadline_s=0.1))
+
+
+async def test_fallback_version_serves_when_the_primary_fails():
+    fake = FakeServers()
+    fake.fail_first["embedder"] = 100  # every call fails, fallback included: then the optional rule decides
+    engine = make_engine(fake)
+    report, outputs = await engine.call_step(
+        step_id="embed", model="classifier", task="classify", instances=[{"text": "x"}], ctx=ctx(),
+        timeout_ms=500, retry=RetryPolicy(attempts=1), fallback=("classifier", "stable"))
+    assert report.status == "ok"
+    report, outputs = await engine.call_step(
+        step_id="embed", model="embedder", task="embed", instances=[{"text": "x"}], ctx=ctx(),
+        timeout_ms=500, retry=RetryPolicy(attempts=1), optional=True)
+    assert outputs is None and report.status == "skipped" and report.degraded
+
+
+async def test_canary_routing_is_sticky_and_cache_separates_versions():
+    states = {"embedder": AliasState(name="embedder", stable="1", canary="2", canary_weight=0.5)}
+    fake = FakeServers()
+    engine = make_engine(fake, states=states)
+    arms = {}
+    for key in range(40):
+        c = ctx()
+        c.routing_key = f"acme:{key}"
+        report, out = await engine.call_step(step_id="e", model="embedder", task="embed",
+                                             instances=[{"text": "same"}], ctx=c, timeout_ms=500,
+                                             retry=RetryPolicy())
+        arms.setdefault(key, set()).add((report.arm, report.version, tuple(out[0]["embedding"])))
+        report2, _ = await engine.call_step(step_id="e", model="embedder", task="embed",
+                                            instances=[{"text": "same"}], ctx=c, timeout_ms=500,
+                                            retry=RetryPolicy())
+        assert report2.cached and report2.version == report.version
+    assert all(len(v) == 1 for v in arms.values())
+    versions = {next(iter(v))[1] for v in arms.values()}
+    assert versions == {"1", "2"}
+    assert len(fake.calls) == 2  # one miss per version; every other call was a cache hit
