@@ -91,6 +91,7 @@ class WorkflowEngine:
         servers: Callable[[], Mapping[str, str]],
         states: Callable[[], Mapping[str, Any]],
         router: Router,
+        versions: Callable[[], Mapping[str, set[str]]] | None = None,
         cache: PredictionCache,
         breakers: BreakerBoard,
         log: PredictionLog | None,
@@ -103,6 +104,7 @@ class WorkflowEngine:
         self.client = client
         self._servers = servers
         self._states = states
+        self._versions = versions or (lambda: {})
         self.router = router
         self.cache = cache
         self.breakers = breakers
@@ -225,6 +227,10 @@ class WorkflowEngine:
         state = self._states().get(model)
         if state is None and explicit is None and ctx.tenant_pins.get(model) is None:
             raise NotFound(f"model {model!r} is not registered; see GET /v1/admin/models")
+        pin = explicit or ctx.tenant_pins.get(model)
+        known = self._versions().get(model)
+        if pin and known is not None and pin not in known:
+            raise NotFound(f"model {model!r} has no version {pin!r}; versions: {', '.join(sorted(known))}")
         return self.router.route(model, explicit=explicit, tenant_pin=ctx.tenant_pins.get(model),
                                  state=state, routing_key=ctx.routing_key)
 
@@ -285,7 +291,7 @@ class WorkflowEngine:
                 self._count_error(ctx, step_id, model, route, "retry")
                 last = self._unavailable(model, exc)
                 if attempt < retry.attempts:
-                    delay = self._rng() * retry.backoff_before(attempt + 1)
+                    delay = self._rng() * retry.backoff_before(attempt + 1) / 1000
                     if delay >= self._time_left(ctx):
                         break
                     await self._sleep(delay)

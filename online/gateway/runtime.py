@@ -94,6 +94,7 @@ class Runtime:
         self.servers = ServerDirectory(gateway.servers, settings.home.absolute() / DEPLOYMENTS_FILE)
         self.states: dict[str, Any] = {}
         self.tasks: dict[str, str] = {}
+        self.versions: dict[str, set[str]] = {}
         self.client = client or ModelClient()
         self.breakers = BreakerBoard(failure_threshold=gateway.breaker_failures,
                                      reset_timeout_s=gateway.breaker_reset_s)
@@ -105,7 +106,7 @@ class Runtime:
             if gateway.log_enabled else None
         )
         self.engine = WorkflowEngine(
-            client=self.client, servers=self.servers, states=lambda: self.states, router=Router(),
+            client=self.client, servers=self.servers, states=lambda: self.states, router=Router(), versions=lambda: self.versions,
             cache=self.cache, breakers=self.breakers, log=self.log, metrics=self.metrics,
             shadow_concurrency=gateway.shadow_concurrency,
         )
@@ -135,6 +136,7 @@ class Runtime:
         summaries = self.registry.list_models()
         self.states = {m.name: m.state for m in summaries}
         self.tasks = {m.name: m.task for m in summaries}
+        self.versions = {m.name: set(m.versions) for m in summaries}
         self.last_refresh = time.time()
         self.metrics.registry_version.set(self.last_refresh)
 

@@ -1,0 +1,269 @@
+"""`Lake`: the catalog's tables as Delta tables under one root, with schema-checked, retried writes."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError
+from deltalake.exceptions import TableNotFoundError as DeltaTableNotFoundError
+
+from lakehouse import sql as _sql
+from lakehouse._coerce import Data, check_partition, coerce
+from lakehouse._retry import retry_commit
+from lakehouse.catalog import CATALOG, TableDef, get_table
+from lakehouse.errors import LakehouseError
+from lakehouse.sql import sql_literal
+
+
+class Lake:
+    """Every catalog table as a Delta table under `root` (a local path or `s3://bucket/prefix`).
+
+    Nothing is cached: each call opens the tables it needs, so a `Lake` is cheap, picklable and safe to
+    use from spawned processes and threads. Writes coerce data to the catalog schema
+    (`SchemaMismatchError` names the column), create missing tables, and retry commit conflicts with
+    backoff before raising `CommitConflictError`.
+    """
+
+    def __init__(self, root: str, storage_options: dict[str, str] | None = None) -> None:
+        if not root or not str(root).strip():
+            raise ValueError(
+                "root must be a directory or a URI, like '/var/lib/tandem/lake' or 's3://bucket/lake'"
+            )
+        root = str(root)
+        self.root = root.rstrip("/") if "://" in root else os.path.abspath(root)
+        self.storage_options: dict[str, str] = dict(storage_options or {})
+
+    def __repr__(self) -> str:
+        return f"Lake({self.root!r})"
+
+    # -- tables ---------------------------------------------------------------------------------------
+
+    def uri(self, name: str) -> str:
+        """The table's location: `root/name`."""
+        return f"{self.root}/{get_table(name).name}"
+
+    def _open(self, name: str) -> DeltaTable | None:
+        try:
+            return DeltaTable(self.uri(name), storage_options=self.storage_options or None)
+        except DeltaTableNotFoundError:
+            return None
+
+    def _open_or_create(self, name: str) -> DeltaTable:
+        # No retry of its own: callers run inside retry_commit, which retries a lost creation race too.
+        table = self._open(name)
+        if table is None:
+            self._create(name)
+            table = self._open(name)
+        if table is None:
+            raise LakehouseError(
+                f"table {name!r} is still missing at {self.uri(name)} right after creating it"
+            )
+        return table
+
+    def _create(self, name: str) -> None:
+        table = get_table(name)
+        try:
+            DeltaTable.create(
+                self.uri(name),
+                table.schema,
+                mode="ignore",
+                partition_by=list(table.partition_by) or None,
+                name=table.name,
+                description=table.description or None,
+                storage_options=self.storage_options or None,
+            )
+        except CommitFailedError:
+            # A concurrent writer created it first; if it is still missing, let the caller retry.
+            if not self.exists(name):
+                raise
+
+    def exists(self, name: str) -> bool:
+        """Whether the table has been created."""
+        return self._open(name) is not None
+
+    def ensure(self, name: str) -> None:
+        """Create the empty table with its catalog schema and partitioning unless it exists (race-safe)."""
+        if not self.exists(name):
+            retry_commit(lambda: self._create(name), f"create table {name!r}")
+
+    # -- writes ---------------------------------------------------------------------------------------
+
+    def append(self, name: str, data: Data) -> int:
+        """Append rows; returns the new table version."""
+        rows = coerce(get_table(name), data)
+
+        def op() -> int:
+            table = self._open_or_create(name)
+            if rows.num_rows:
+                write_deltalake(table, rows, mode="append")
+            return table.version()
+
+        return retry_commit(op, f"append to {name!r}")
+
+    def overwrite_partition(self, name: str, data: Data, partition: Mapping[str, Any]) -> int:
+        """Replace exactly one partition (e.g. `{"day": date(2026, 1, 4)}`) with `data`; returns the version."""
+        table = get_table(name)
+        predicate = _partition_predicate(table, partition)
+        rows = coerce(table, data)
+        check_partition(table, rows, partition)
+        return self._overwrite(name, rows, predicate)
+
+    def replace_where(self, name: str, data: Data, predicate: str) -> int:
+        """Replace the rows matching a Delta SQL predicate (quote values with `sql_literal`) with `data`."""
+        return self._overwrite(name, coerce(get_table(name), data), predicate)
+
+    def _overwrite(self, name: str, rows: pa.Table, predicate: str) -> int:
+        def op() -> int:
+            table = self._open_or_create(name)
+            write_deltalake(table, rows, mode="overwrite", predicate=predicate)
+            return table.version()
+
+        return retry_commit(op, f"overwrite {name!r} where {predicate}", predicate=predicate)
+
+    def merge(self, name: str, data: Data, keys: Sequence[str] | None = None) -> int:
+        """Upsert on `keys` (default: the catalog's): update matching rows, insert the rest; returns the version."""
+        rows, on = self._merge_source(name, data, keys, keep="last")
+
+        def op() -> int:
+            table = self._open_or_create(name)
+            if rows.num_rows:
+                (
+                    table.merge(rows, on, source_alias="s", target_alias="t")
+                    .when_matched_update_all()
+                    .when_not_matched_insert_all()
+                    .execute()
+                )
+            return table.version()
+
+        return retry_commit(op, f"merge into {name!r}")
+
+    def insert_if_absent(self, name: str, data: Data, keys: Sequence[str] | None = None) -> int:
+        """Insert only the rows whose keys are not in the table yet; returns how many were inserted."""
+        rows, on = self._merge_source(name, data, keys, keep="first")
+
+        def op() -> int:
+            table = self._open_or_create(name)
+            if not rows.num_rows:
+                return 0
+            metrics = (
+                table.merge(rows, on, source_alias="s", target_alias="t")
+                .when_not_matched_insert_all()
+                .execute()
+            )
+            return int(metrics["num_target_rows_inserted"])
+
+        return retry_commit(op, f"insert into {name!r}")
+
+    def _merge_source(
+        self, name: str, data: Data, keys: Sequence[str] | None, keep: str
+    ) -> tuple[pa.Table, str]:
+        table = get_table(name)
+        keys = tuple(keys) if keys is not None else table.keys
+        if not keys:
+            raise ValueError(f"table {name!r} has no keys in the catalog; pass keys=[...]")
+        unknown = [k for k in keys if k not in table.schema.names]
+        if unknown:
+            raise ValueError(
+                f"table {name!r} has no column(s) {unknown}; columns: {', '.join(table.schema.names)}"
+            )
+        rows = _dedupe(coerce(table, data), keys, keep)
+        return rows, " AND ".join(f"t.{k} = s.{k}" for k in keys)
+
+    def delete(self, name: str, predicate: str) -> int:
+        """Delete the rows matching a Delta SQL predicate; returns how many were deleted."""
+        if not predicate.strip():
+            raise ValueError("delete needs a predicate; refusing to delete a whole table")
+
+        def op() -> int:
+            table = self._open(name)
+            return 0 if table is None else int(table.delete(predicate)["num_deleted_rows"])
+
+        return retry_commit(op, f"delete from {name!r}", predicate=predicate)
+
+    # -- reads ----------------------------------------------------------------------------------------
+
+    def dataset(self, name: str) -> ds.Dataset:
+        """The current version as a pyarrow dataset (an empty one with the catalog schema if missing)."""
+        table = self._open(name)
+        if table is None:
+            return ds.dataset(get_table(name).schema.empty_table())
+        return table.to_pyarrow_dataset()
+
+    def read(
+        self, name: str, filter: pc.Expression | None = None, columns: list[str] | None = None
+    ) -> pa.Table:
+        """Read the table (partition/file pruning by `filter`); an empty catalog-schema table if missing."""
+        return self.dataset(name).to_table(filter=filter, columns=columns)
+
+    def version(self, name: str) -> int | None:
+        """The table's current version, or None if it does not exist."""
+        table = self._open(name)
+        return None if table is None else table.version()
+
+    def versions(self) -> dict[str, int | None]:
+        """Every catalog table's current version (None when missing), for change detection."""
+        return {name: self.version(name) for name in CATALOG}
+
+    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The table's commits, newest first ([] if missing)."""
+        table = self._open(name)
+        return [] if table is None else table.history(limit)
+
+    # -- SQL ------------------------------------------------------------------------------------------
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A new DuckDB connection (close it when done) with every existing catalog table as a view."""
+        return _sql.connect(self._datasets(CATALOG))
+
+    def sql(self, query: str, params: _sql.Params = None) -> pa.Table:
+        """Run a read-only DuckDB query over the tables with bound parameters; errors raise QueryError."""
+        mentioned = [name for name in CATALOG if re.search(rf"\b{name}\b", query, re.IGNORECASE)]
+        with _sql.connect(self._datasets(mentioned)) as con:
+            return _sql.query(con, query, params, missing_table_hint=self._tables_hint)
+
+    def _datasets(self, names: Iterable[str]) -> dict[str, ds.Dataset]:
+        tables = {name: self._open(name) for name in names}
+        return {name: table.to_pyarrow_dataset() for name, table in tables.items() if table is not None}
+
+    def _tables_hint(self) -> str:
+        existing = [name for name in CATALOG if self.exists(name)]
+        missing = [name for name in CATALOG if name not in existing]
+        return f"Tables in the lake at {self.root}: {', '.join(existing) or '(none)'}" + (
+            f"; catalog tables not written yet: {', '.join(missing)}" if missing else ""
+        )
+
+
+def _partition_predicate(table: TableDef, partition: Mapping[str, Any]) -> str:
+    if not partition:
+        raise ValueError(
+            f"overwrite_partition of {table.name!r} needs a partition, e.g. {{'day': date(...)}}"
+        )
+    wrong = [column for column in partition if column not in table.partition_by]
+    if wrong:
+        raise ValueError(
+            f"table {table.name!r} is partitioned by {list(table.partition_by)}, not by {wrong}; "
+            "use replace_where for other predicates"
+        )
+    if any(value is None for value in partition.values()):
+        raise ValueError(f"partition values of {table.name!r} cannot be None: {dict(partition)}")
+    return " AND ".join(f"{column} = {sql_literal(value)}" for column, value in partition.items())
+
+
+def _dedupe(rows: pa.Table, keys: Sequence[str], keep: str) -> pa.Table:
+    """Keep one row per key (the first or the last), so a merge never sees two source rows for a target."""
+    if rows.num_rows < 2:
+        return rows
+    index, how = "__lakehouse_row", "min" if keep == "first" else "max"
+    numbered = rows.append_column(index, pa.array(range(rows.num_rows), pa.int64()))
+    picked = numbered.group_by(list(keys), use_threads=False).aggregate([(index, how)])
+    if picked.num_rows == rows.num_rows:
+        return rows
+    return rows.take(picked.sort_by(f"{index}_{how}").column(f"{index}_{how}"))

@@ -1,0 +1,208 @@
+"""Build and run a model server: one LitServe app per deployment, stopped cleanly by SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import litserve as ls
+
+from online.servers.api import DeploymentAPI, configure_logging
+from online.servers.deployment import DeploymentSpec, deployment_from_registry
+from online.servers.metrics import cleanup_metrics_dir, prepare_metrics_dir
+from online.servers.middleware import TraceContextMiddleware, metrics_endpoint
+
+__all__ = ["ServerStartError", "build_server", "serve_deployment", "serve_model"]
+
+logger = logging.getLogger("tandem.servers")
+
+_UVICORN_GRACE_S = 3.0
+_CHILD_GRACE_S = 3.0
+
+
+class ServerStartError(RuntimeError):
+    """A model server could not start: an inference worker failed to load or verify its versions."""
+
+
+class _LitServer(ls.LitServer):
+    """LitServer whose worker monitor stops before the queue manager does (no BrokenPipe at shutdown)."""
+
+    def _perform_graceful_shutdown(self, manager: Any, uvicorn_workers: Any, shutdown_reason: str = "normal") -> None:
+        monitor = next((t for t in threading.enumerate() if t.name == "litserve-monitoring"), None)
+        if monitor is not None and monitor is not threading.current_thread() and self._shutdown_event is not None:
+            # A fresh thread gets its own manager connection: after a KeyboardInterrupt the main
+            # thread's connection may still await the reply of the interrupted `wait()`.
+            setter = threading.Thread(target=self._shutdown_event.set, daemon=True)
+            setter.start()
+            setter.join(1.0)
+            monitor.join(self.monitor_internal + 1.0)
+        super()._perform_graceful_shutdown(manager, uvicorn_workers, shutdown_reason)
+
+
+def build_server(spec: DeploymentSpec, *, log_level: str = "info") -> ls.LitServer:
+    """The LitServer for `spec`: `POST /predict`, `/health`, `/info` (the deployment), `/metrics`."""
+    api = DeploymentAPI(spec, log_level=log_level)
+    server = _LitServer(
+        api,
+        accelerator=spec.device,
+        workers_per_device=spec.workers,
+        model_metadata=spec.describe(),
+        middlewares=[(TraceContextMiddleware, {"model": spec.model})],
+    )
+    server.app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+    # LitServe waits this long for uvicorn's graceful shutdown (default 30 s with open keep-alives).
+    server.uvicorn_graceful_timeout = _UVICORN_GRACE_S
+    server.monitor_internal = 0.5  # seconds between worker liveness checks (LitServe's spelling)
+    return server
+
+
+def serve_deployment(
+    spec: DeploymentSpec, host: str = "127.0.0.1", port: int = 8100, *, log_level: str = "info"
+) -> None:
+    """Serve `spec` until SIGINT or SIGTERM; blocks. Raises ServerStartError if a version fails to load.
+
+    Every process this starts is gone when it returns: SIGTERM and SIGINT both run LitServe's
+    shutdown (a plain SIGTERM would kill only this process and orphan the workers), and any
+    child still alive afterwards is terminated.
+    """
+    configure_logging(log_level)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    metrics_dir = prepare_metrics_dir(spec.model)
+    stop_announcer = threading.Event()
+    try:
+        server = build_server(spec, log_level=log_level)
+        threading.Thread(
+            target=_announce_when_ready, args=(spec, host, port, stop_announcer), daemon=True,
+            name="tandem-ready-announcer",
+        ).start()
+        with _stop_on_signals(server, spec.model):
+            server.run(
+                host=host,
+                port=port,
+                num_api_servers=1,
+                log_level=log_level,
+                generate_client_file=False,
+                access_log=False,
+            )
+    except RuntimeError as exc:
+        if "failed to start" in str(exc):
+            raise ServerStartError(
+                f"model server {spec.model} failed to start: a worker could not load or verify its "
+                "versions (see the error above)"
+            ) from exc
+        raise
+    except KeyboardInterrupt:
+        # A second signal, or one before LitServe was up: children are stopped just below.
+        logger.info("model server %s interrupted; stopping its processes", spec.model)
+    finally:
+        stop_announcer.set()
+        _stop_children()
+        cleanup_metrics_dir(metrics_dir)
+        logger.info("model server %s stopped", spec.model)
+
+
+def serve_model(
+    settings: Any,
+    name: str,
+    versions: list[str] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8100,
+    max_batch_size: int | None = None,
+    batch_timeout: float | None = None,
+) -> None:
+    """Serve `versions` of registry model `name` (None: its stable, canary and shadow); blocks.
+
+    `settings` is a `models.settings.TandemSettings`: its lake and artifact store locate the
+    registry and the artifacts.
+    """
+    spec = resolve_deployment(settings, name, versions, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+    serve_deployment(spec, host, port)
+
+
+def resolve_deployment(settings: Any, name: str, versions: list[str] | None = None, **overrides: Any) -> DeploymentSpec:
+    """The deployment of `name` from the registry under `settings`; None overrides keep the defaults."""
+    from lakehouse import Lake
+    from models.artifacts import ArtifactStore
+    from models.registry import Registry
+
+    opts = settings.storage_options or None
+    registry = Registry(Lake(settings.lake_root, opts), ArtifactStore(settings.artifacts_root, opts))
+    return deployment_from_registry(
+        registry,
+        name,
+        versions,
+        artifacts_root=settings.artifacts_root,
+        storage_options=dict(settings.storage_options),
+        **{k: v for k, v in overrides.items() if v is not None},
+    )
+
+
+@contextmanager
+def _stop_on_signals(server: ls.LitServer, name: str) -> Iterator[None]:
+    """SIGTERM and SIGINT both stop the server through LitServe's own shutdown.
+
+    The first signal sets LitServe's shutdown event from a helper thread (the main thread is
+    blocked on that manager event; its connection must not be reused inside the handler), so
+    LitServe stops uvicorn and the workers as if its shutdown API were called. A second signal,
+    or one before LitServe has its manager, raises KeyboardInterrupt (LitServe's Ctrl-C path).
+    A plain SIGTERM would kill only this process and orphan the workers.
+    """
+    main_pid = os.getpid()
+    requested = threading.Event()
+
+    def handle(signum: int, frame: Any) -> None:
+        if os.getpid() != main_pid:
+            # A forked child (uvicorn, the queue manager) inherited this handler: just exit.
+            raise SystemExit(128 + signum)
+        event = getattr(server, "_shutdown_event", None)
+        if requested.is_set() or event is None:
+            raise KeyboardInterrupt(f"signal {signum}")
+        requested.set()
+        logger.info("%s received: stopping model server %s", signal.Signals(signum).name, name)
+        threading.Thread(target=event.set, daemon=True, name="tandem-shutdown").start()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_children() -> None:
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + _CHILD_GRACE_S
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            logger.warning("child %s (pid %s) ignored SIGTERM; killing it", child.name, child.pid)
+            child.kill()
+            child.join(1.0)
+
+
+def _announce_when_ready(spec: DeploymentSpec, host: str, port: int, stop: threading.Event) -> None:
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    while not stop.wait(0.2):
+        conn = http.client.HTTPConnection(probe_host, port, timeout=1.0)
+        try:
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                logger.info(
+                    "model server %s ready on http://%s:%d (versions %s)",
+                    spec.model, host, port, ", ".join(spec.version_names),
+                )
+                return
+        except OSError:
+            pass
+        finally:
+            conn.close()

@@ -1,0 +1,280 @@
+"""The online path for real: LitServe model-server processes, the gateway process, httpx over TCP.
+
+Models are the deterministic tiny ones (a 150 ms sleep per batch for embed and classify, so
+parallelism and deadlines are observable); every other part is the production code.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from models.settings import TandemSettings
+from models.testing import write_tiny_artifact
+from online.gateway.runtime import DEPLOYMENTS_FILE
+from online.gateway.tenants import TenantStore
+from orchestration.bootstrap import Platform
+from tests.integration.conftest import Cluster, base_env, free_port, gateway, model_server
+
+pytestmark = pytest.mark.integration
+LABELS = ["sports", "tech", "finance"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    settings = TandemSettings(home=home)
+    reg = Platform.open(settings).registry
+    src = home / "src"
+    reg.register("embedder", "embed", write_tiny_artifact(src / "e1", "tiny-embed", dim=8, delay_ms=150), version="1")
+    reg.register("embedder", "embed", write_tiny_artifact(src / "e2", "tiny-embed", dim=8, delay_ms=150, salt="v2"),
+                 version="2")
+    reg.register("classifier", "classify",
+                 write_tiny_artifact(src / "c1", "tiny-classify", labels=LABELS, delay_ms=150), version="1")
+    reg.register("reranker", "rerank", write_tiny_artifact(src / "r1", "tiny-rerank", dim=8), version="1")
+    for name in ("embedder", "classifier", "reranker"):
+        reg.promote(name, "1", actor="test")
+
+    tenants = TenantStore(settings.tenants_file)
+    keys = {}
+    for tid, kw in {
+        "acme": dict(scopes={"predict", "admin"}, rate_per_s=1000, burst=1000),
+        "limited": dict(scopes={"predict"}, rate_per_s=0.2, burst=1),
+        "quota": dict(scopes={"predict"}, rate_per_s=100, burst=100, daily_quota=2),
+        "jobsonly": dict(scopes={"jobs"}),
+        "narrow": dict(scopes={"predict"}, workflows=["classify"]),
+        "pinned": dict(scopes={"predict"}, model_pins={"embedder": "2"}),
+    }.items():
+        _, keys[tid] = tenants.create(tid, **kw)
+
+    env = base_env(home, TANDEM_GATEWAY_REGISTRY_POLL_S="0.5", TANDEM_GATEWAY_BREAKER_RESET_S="1",
+                   TANDEM_GATEWAY_BREAKER_FAILURES="3", TANDEM_GATEWAY_LOG_FLUSH_S="0.3",
+                   TANDEM_GATEWAY_MAX_BODY_BYTES="65536")
+    c = Cluster(home, env)
+    servers = {"embedder": "1,2", "classifier": "1", "reranker": "1"}
+    try:
+        procs = [c.add(model_server(env, home, name, versions)).start(home) for name, versions in servers.items()]
+        for p in procs:
+            p.wait_healthy()
+        urls = {name: c.procs[f"server-{name}"].health.removesuffix("/health") for name in servers}
+        (home / DEPLOYMENTS_FILE).write_text(json.dumps(urls))
+        gw = c.add(gateway(env, home)).start(home)
+        gw.wait_healthy()
+        c.url = gw.health.removesuffix("/healthz")
+        c.keys = keys
+        c.registry = reg
+        yield c
+    finally:
+        c.stop_all()
+
+
+def call(c, path, body=None, tenant="acme", headers=None, method="POST"):
+    hdrs = {"Authorization": f"Bearer {c.keys[tenant]}"} if tenant else {}
+    hdrs.update(headers or {})
+    return httpx.request(method, c.url + path, json=body, headers=hdrs, timeout=30)
+
+
+def run(c, workflow, inp, **kw):
+    return call(c, f"/v1/workflows/{workflow}/run", {"input": inp}, **kw)
+
+
+def test_readyz_reports_every_model_server_healthy(cluster):
+    r = httpx.get(cluster.url + "/readyz")
+    assert r.status_code == 200, r.text
+    assert set(r.json()["model_servers"]) == {"embedder", "classifier", "reranker"}
+
+
+def test_each_shipped_workflow_runs(cluster):
+    r = run(cluster, "classify", {"text": "the striker scored"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["output"]["label"] in LABELS
+    step = body["metadata"]["steps"][0]
+    assert (step["model"], step["version"], step["arm"]) == ("classifier", "1", "stable")
+
+    r = run(cluster, "search", {"query": "q", "documents": ["a", "b", "c"]})
+    assert r.status_code == 200, r.text
+    assert sorted(x["index"] for x in r.json()["output"]["results"]) == [0, 1, 2]
+    assert [s["step"] for s in r.json()["metadata"]["steps"]] == ["embed_query", "embed_documents", "rerank"]
+
+
+def test_enrich_branches_run_in_parallel(cluster):
+    r = run(cluster, "enrich", {"text": "parallel branches " + str(time.time())})
+    assert r.status_code == 200, r.text
+    meta = r.json()["metadata"]
+    steps = {s["step"]: s for s in meta["steps"]}
+    assert len(r.json()["output"]["embedding"]) == 8 and r.json()["output"]["label"] in LABELS
+    # Sequential steps would take at least the sum of both; overlapping ones take about the longer.
+    assert meta["latency_ms"] < steps["embed"]["latency_ms"] + steps["classify"]["latency_ms"]
+
+
+def test_repeated_input_is_served_from_the_cache(cluster):
+    inp = {"text": "cache me " + str(time.time())}
+    first = run(cluster, "classify", inp).json()
+    second = run(cluster, "classify", inp).json()
+    assert first["metadata"]["steps"][0]["cached"] is False
+    assert second["metadata"]["steps"][0]["cached"] is True
+    assert second["output"] == first["output"]
+
+
+@pytest.mark.parametrize(
+    ("tenant", "path", "body", "headers", "status", "needle"),
+    [
+        (None, "/v1/workflows/classify/run", {"input": {"text": "x"}}, {}, 401, "Authorization"),
+        ("jobsonly", "/v1/workflows/classify/run", {"input": {"text": "x"}}, {}, 403, "predict"),
+        ("narrow", "/v1/workflows/enrich/run", {"input": {"text": "x"}}, {}, 403, "enrich"),
+        ("acme", "/v1/workflows/nope/run", {"input": {"text": "x"}}, {}, 404, "nope"),
+        ("acme", "/v1/models/nope/predict", {"instances": [{"text": "x"}]}, {}, 404, "nope"),
+        ("acme", "/v1/workflows/classify/run", {"input": {}}, {}, 422, "input.text"),
+        ("acme", "/v1/workflows/classify/run", {"input": {"text": 5}}, {}, 422, "input.text"),
+        ("acme", "/v1/workflows/classify/run", {"inputs": {"text": "x"}}, {}, 422, "input"),
+        ("acme", "/v1/workflows/classify/run", {"input": {"text": "x" * 70000}}, {}, 413, "limit"),
+        ("acme", "/v1/workflows/classify/run", {"input": {"text": "x"}, "model_versions": {"classifier": "9"}},
+         {}, 404, "version"),
+        ("acme", "/v1/workflows/classify/run", {"input": {"text": "slow " + str(time.time())}},
+         {"X-Deadline-Ms": "40"}, 504, "deadline"),
+    ],
+)
+def test_errors_are_problem_documents_with_the_right_status(cluster, tenant, path, body, headers, status, needle):
+    r = call(cluster, path, body, tenant=tenant, headers=headers)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert needle in r.json()["detail"]
+
+
+def test_rate_limit_and_quota_answer_429_with_retry_after(cluster):
+    statuses = [run(cluster, "classify", {"text": "rl"}, tenant="limited").status_code for _ in range(3)]
+    assert statuses[0] == 200 and 429 in statuses
+    r = run(cluster, "classify", {"text": "rl"}, tenant="limited")
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    statuses = [run(cluster, "classify", {"text": "q"}, tenant="quota").status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+
+
+def test_idempotency_key_replays_and_rejects_a_different_body(cluster):
+    key = {"Idempotency-Key": f"k-{time.time()}"}
+    body = {"text": "idem " + str(time.time())}
+    first = run(cluster, "classify", body, headers=key)
+    again = run(cluster, "classify", body, headers=key)
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json()  # same request id: the stored answer, models not run again
+    assert again.headers.get("idempotent-replayed") == "true"
+    other = run(cluster, "classify", {"text": "different"}, headers=key)
+    assert other.status_code == 409
+
+
+def test_tenant_pin_and_explicit_pin_choose_the_version(cluster):
+    r = call(cluster, "/v1/models/embedder/predict", {"instances": [{"text": "pin"}]}, tenant="pinned")
+    assert r.json()["metadata"]["steps"][0]["version"] == "2"
+    r = call(cluster, "/v1/models/embedder/predict", {"instances": [{"text": "pin"}], "version": "1"},
+             tenant="pinned")
+    assert r.json()["metadata"]["steps"][0]["version"] == "1"
+
+
+def _versions_by_key(c, keys):
+    out = {}
+    for k in keys:
+        r = call(c, "/v1/models/embedder/predict", {"instances": [{"text": f"canary {k}"}]},
+                 headers={"X-Routing-Key": k})
+        step = r.json()["metadata"]["steps"][0]
+        out[k] = (step["version"], step["arm"])
+    return out
+
+
+def _eventually(check, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if check():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
+def test_canary_is_sticky_and_weight_changes_apply_without_restart(cluster):
+    keys = [f"user-{i}" for i in range(16)]
+    r = call(cluster, "/v1/admin/models/embedder/canary", {"version": "2", "weight": 0.5, "reason": "test"})
+    assert r.status_code == 200, r.text
+    first = _versions_by_key(cluster, keys)
+    assert _versions_by_key(cluster, keys) == first  # sticky per routing key
+    assert {v for v, _ in first.values()} == {"1", "2"}
+    assert {a for _, a in first.values()} == {"stable", "canary"}
+
+    cluster.registry.set_canary("embedder", "2", 1.0, actor="test")  # out of band: via the registry
+    assert _eventually(lambda: {v for v, _ in _versions_by_key(cluster, keys[:4]).values()} == {"2"})
+    cluster.registry.rollback("embedder", actor="test", reason="test rollback")
+    assert _eventually(lambda: {v for v, _ in _versions_by_key(cluster, keys[:4]).values()} == {"1"})
+
+
+def test_shadow_gets_a_copy_without_touching_the_response(cluster):
+    r = call(cluster, "/v1/admin/models/embedder/shadow", {"version": "2"})
+    assert r.status_code == 200, r.text
+    try:
+        r = call(cluster, "/v1/models/embedder/predict", {"instances": [{"text": "shadowed " + str(time.time())}]})
+        assert r.status_code == 200
+        step = r.json()["metadata"]["steps"][0]
+        assert (step["version"], step["arm"]) == ("1", "stable")
+        request_id = r.json()["metadata"]["request_id"]
+
+        def shadow_logged():
+            rows = cluster.registry._lake.sql(
+                "SELECT arm, version FROM predictions WHERE request_id = ?", [request_id]).to_pylist()
+            return {("stable", "1"), ("shadow", "2")} <= {(x["arm"], x["version"]) for x in rows}
+
+        assert _eventually(shadow_logged, timeout_s=10)
+    finally:
+        call(cluster, "/v1/admin/models/embedder/shadow", {"version": None})
+
+
+def test_openai_client_and_rerank_route(cluster):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=cluster.url + "/v1", api_key=cluster.keys["acme"])
+    res = client.embeddings.create(model="embedder", input=["hello", "world"])
+    assert len(res.data) == 2 and len(res.data[0].embedding) == 8
+    r = call(cluster, "/v1/rerank", {"query": "q", "documents": ["a", {"text": "b"}], "top_n": 1})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["results"]) == 1 and "relevance_score" in r.json()["results"][0]
+
+
+def test_traceparent_is_continued_and_metrics_are_exposed(cluster):
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    r = run(cluster, "classify", {"text": "trace"}, headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+    assert r.json()["metadata"]["trace_id"] == trace_id
+    text = httpx.get(cluster.url + "/metrics").text
+    assert 'tandem_requests_total{' in text and 'tenant="acme"' in text
+    assert "tandem_step_latency_seconds_bucket" in text
+
+
+def test_predictions_land_in_delta_and_tandem_sql_reads_them(cluster):
+    def logged():
+        out = subprocess.run(
+            [sys.executable, "-m", "orchestration.cli", "sql",
+             "SELECT workflow, count(*) AS n FROM predictions WHERE tenant = 'acme' GROUP BY workflow",
+             "--format", "json"], env=cluster.env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return {r["workflow"]: r["n"] for r in json.loads(out.stdout)}
+
+    assert _eventually(lambda: {"classify", "enrich", "search"} <= set(logged()), timeout_s=10)
+
+
+def test_killed_model_server_gives_503_opens_the_breaker_and_recovers(cluster):
+    server = cluster.procs["server-classifier"]
+    server.stop()
+    try:
+        r = run(cluster, "classify", {"text": "down " + str(time.time())})
+        assert r.status_code == 503, r.text
+        assert "classifier" in r.json()["detail"]
+        r = run(cluster, "classify", {"text": "down again " + str(time.time())})
+        assert r.status_code == 503
+        assert "circuit open" in r.json()["detail"]
+        assert 'tandem_breaker_state{endpoint=' in httpx.get(cluster.url + "/metrics").text
+    finally:
+        server.start(cluster.home)
+        server.wait_healthy()
+    assert _eventually(lambda: run(cluster, "classify", {"text": "back " + str(time.time())}).status_code == 200,
+                       timeout_s=10)

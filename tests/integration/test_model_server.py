@@ -1,0 +1,282 @@
+"""A real model server process (`python -m online.servers --spec ...`) serving two tiny versions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from models.artifacts import ArtifactStore
+from models.testing import hash_vector, write_tiny_artifact
+from online.servers import DeploymentSpec, VersionSpec
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SALTS = {"1": "one", "2": "two"}
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _process_table() -> dict[int, int]:
+    """{pid: ppid} of every live (non-zombie) process, read from /proc."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if fields[0] != "Z":
+                out[int(entry)] = int(fields[1])
+    return out
+
+
+def _descendants(pid: int) -> set[int]:
+    table = _process_table()
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in table.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    table = _process_table()
+    return {p for p in pids if p in table}
+
+
+class _Server:
+    """A model server process started by this test; stopped by its own PID only."""
+
+    def __init__(self, spec: DeploymentSpec, tmp: Path, name: str):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        spec_file = tmp / f"{name}.json"
+        spec_file.write_text(spec.model_dump_json())
+        self.log = tmp / f"{name}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "online.servers", "--spec", str(spec_file), "--port", str(self.port)],
+            cwd=ROOT, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.seen_pids: set[int] = set()
+
+    def note_children(self) -> None:
+        self.seen_pids |= _descendants(self.proc.pid)
+
+    def wait_healthy(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.note_children()
+            assert self.proc.poll() is None, f"server exited early:\n{self.log.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    self.note_children()
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"not healthy after {timeout_s} s:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for pid in _alive(self.seen_pids):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _tiny_version(store: ArtifactStore, tmp: Path, version: str, **knobs) -> VersionSpec:
+    ref = store.put(write_tiny_artifact(tmp / f"src-{version}-{knobs.get('salt', '')}", "tiny-embed", **knobs))
+    return VersionSpec(version=version, artifact_uri=ref.uri, sha256=ref.sha256)
+
+
+def _spec(store: ArtifactStore, tmp: Path, **overrides) -> DeploymentSpec:
+    # delay_ms makes each model call take a while, so concurrent requests pile up into batches.
+    versions = [_tiny_version(store, tmp, v, salt=salt, delay_ms=15) for v, salt in SALTS.items()]
+    return DeploymentSpec(model="emb", task="embed", versions=versions, artifacts_root=store.root,
+                          batch_timeout=0.01, **overrides)
+
+
+def _metric(text: str, name: str) -> list:
+    return [s for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name]
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("model-server")
+
+
+@pytest.fixture(scope="module")
+def store(tmp: Path) -> ArtifactStore:
+    return ArtifactStore(str(tmp / "artifacts"))
+
+
+@pytest.fixture(scope="module")
+def server(store: ArtifactStore, tmp: Path) -> Iterator[_Server]:
+    srv = _Server(_spec(store, tmp), tmp, "two-versions")
+    try:
+        srv.wait_healthy()
+        yield srv
+    finally:
+        srv.kill()
+
+
+# --- serving --------------------------------------------------------------------------------
+
+
+def test_info_describes_the_deployment(server: _Server) -> None:
+    info = httpx.get(f"{server.url}/info").json()["model"]
+    assert info["name"] == "emb" and info["task"] == "embed" and info["default_version"] == "1"
+    assert [v["version"] for v in info["versions"]] == ["1", "2"]
+    assert f"model server emb ready on {server.url} (versions 1, 2)" in server.log.read_text()
+
+
+def test_concurrent_requests_get_their_own_versions_outputs(server: _Server) -> None:
+    async def run() -> list[tuple[str | None, str, httpx.Response]]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            async def one(i: int):
+                version = [None, "1", "2"][i % 3]
+                text = f"text number {i}"
+                body = {"inputs": [{"text": text}, {"text": text + "!"}]}
+                if version:
+                    body["version"] = version
+                return version, text, await client.post("/predict", json=body)
+
+            return await asyncio.gather(*(one(i) for i in range(96)))
+
+    for version, text, resp in asyncio.run(run()):
+        assert resp.status_code == 200, resp.text
+        served = version or "1"
+        salt = SALTS[served]
+        assert resp.json() == {
+            "model": "emb",
+            "version": served,
+            "outputs": [{"embedding": hash_vector(salt + text, 8)}, {"embedding": hash_vector(salt + text + "!", 8)}],
+        }
+
+
+def test_bad_input_is_422_naming_the_field(server: _Server) -> None:
+    resp = httpx.post(f"{server.url}/predict", json={"version": "2", "inputs": [{"text": ""}]})
+    assert resp.status_code == 422
+    assert resp.json()["detail"][0]["loc"] == ["body", "inputs", 0, "text"]
+    resp = httpx.post(f"{server.url}/predict", content=b'{"inputs": [', headers={"content-type": "application/json"})
+    assert resp.status_code == 422
+
+
+def test_unknown_version_is_404(server: _Server) -> None:
+    resp = httpx.post(f"{server.url}/predict", json={"version": "9", "inputs": [{"text": "x"}]})
+    assert resp.status_code == 404
+    assert "no version '9'" in resp.json()["detail"]
+
+
+def test_bad_requests_do_not_fail_the_requests_batched_with_them(server: _Server) -> None:
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            bodies = [{"version": "9", "inputs": [{"text": "x"}]} if i % 4 == 0 else {"inputs": [{"text": f"{i}"}]}
+                      for i in range(40)]
+            return await asyncio.gather(*(client.post("/predict", json=b) for b in bodies))
+
+    codes = [r.status_code for r in asyncio.run(run())]
+    assert codes == [404 if i % 4 == 0 else 200 for i in range(40)]
+
+
+def test_traceparent_is_echoed(server: _Server) -> None:
+    resp = httpx.post(f"{server.url}/predict", json={"inputs": [{"text": "x"}]}, headers={"traceparent": TRACEPARENT})
+    assert resp.status_code == 200
+    assert resp.headers["traceparent"] == TRACEPARENT
+
+
+def test_metrics_show_batches_per_version_and_real_batching(server: _Server) -> None:
+    async def burst() -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            await asyncio.gather(*(client.post("/predict", json={"version": str(1 + i % 2), "inputs": [{"text": "b"}]})
+                                   for i in range(64)))
+
+    asyncio.run(burst())
+    text = httpx.get(f"{server.url}/metrics").text
+    counts = {s.labels["version"]: s.value for s in _metric(text, "tandem_server_batch_size_count")}
+    assert counts.get("1", 0) > 0 and counts.get("2", 0) > 0
+    per_batch = {s.labels["le"]: s.value for s in _metric(text, "tandem_server_requests_per_batch_bucket")}
+    assert per_batch["+Inf"] > per_batch["1.0"], "no batch ever held more than one request"
+    assert sum(s.value for s in _metric(text, "tandem_server_queue_wait_seconds_count")) > 0
+    assert any(s.labels["version"] == "2" for s in _metric(text, "tandem_server_inference_seconds_count"))
+    errors = {(s.labels["version"], s.labels["reason"]) for s in _metric(text, "tandem_server_errors_total")}
+    assert ("unknown", "unknown_version") in errors
+    http = _metric(text, "tandem_server_http_request_seconds_count")
+    assert any(s.labels["path"] == "/predict" and s.labels["code"] == "200" for s in http)
+
+
+# --- failing to start, stopping -------------------------------------------------------------
+
+
+def test_a_corrupted_artifact_keeps_the_server_from_ever_becoming_healthy(store: ArtifactStore, tmp: Path) -> None:
+    spec = _spec(store, tmp)
+    corrupt_store = ArtifactStore(str(tmp / "corrupt-artifacts"))
+    bad = _tiny_version(corrupt_store, tmp, "2", salt="corrupt-me")
+    (Path(bad.artifact_uri) / "manifest.json").write_text('{"kind": "tiny-embed", "salt": "evil"}')
+    spec = spec.model_copy(update={"versions": (spec.versions[0], bad)})
+    srv = _Server(spec, tmp, "corrupt")
+    try:
+        deadline = time.monotonic() + 120
+        while srv.proc.poll() is None and time.monotonic() < deadline:
+            srv.note_children()
+            try:
+                assert httpx.get(f"{srv.url}/health", timeout=0.5).status_code != 200
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        assert srv.proc.returncode == 1, srv.log.read_text()[-3000:]
+        log = srv.log.read_text()
+        assert "REFUSING to serve emb version 2" in log and "DigestMismatchError" in log
+        time.sleep(1)
+        assert not _alive(srv.seen_pids), "worker processes outlived the failed server"
+    finally:
+        srv.kill()
+
+
+@pytest.mark.parametrize("signals", [(signal.SIGTERM,), (signal.SIGINT,), (signal.SIGTERM, signal.SIGINT)],
+                         ids=["sigterm", "sigint", "sigterm-then-sigint"])
+def test_signals_stop_the_server_and_every_child_process(store: ArtifactStore, tmp: Path, signals) -> None:
+    spec = _spec(store, tmp, max_batch_size=4)
+    srv = _Server(spec, tmp, f"stop-{'-'.join(s.name for s in signals)}")
+    try:
+        srv.wait_healthy()
+        assert httpx.post(f"{srv.url}/predict", json={"inputs": [{"text": "x"}]}).status_code == 200
+        children = _descendants(srv.proc.pid)
+        assert len(children) >= 3, "expected the queue manager, an inference worker and a uvicorn process"
+        started = time.monotonic()
+        for sig in signals:
+            srv.proc.send_signal(sig)
+            time.sleep(0.3)
+        srv.proc.wait(timeout=15)
+        while _alive(children) and time.monotonic() - started < 10:
+            time.sleep(0.1)
+        assert not _alive(children), f"orphaned: {_alive(children)}"
+        assert time.monotonic() - started < 10
+        assert "model server emb stopped" in srv.log.read_text()
+    finally:
+        srv.kill()
