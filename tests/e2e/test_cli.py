@@ -1,0 +1,91 @@
+"""`tandem` from a fresh TANDEM_HOME: init with the real reference models, then the registry commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestration.cli import app
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("cli-home")
+    env = {**os.environ, "TANDEM_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "orchestration.cli", "init", "--corpus-size", "600"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for step in range(1, 7):
+        assert f"[{step}/6]" in out.stdout  # progress, one line per step
+    return home
+
+
+@pytest.fixture
+def tandem(home, monkeypatch):
+    monkeypatch.setenv("TANDEM_HOME", str(home))
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, list(args))
+
+    return invoke
+
+
+def test_init_registers_the_reference_models_and_is_idempotent(tandem, home):
+    before = json.loads(tandem("sql", "SELECT name, version FROM model_versions ORDER BY ALL", "-f", "json").stdout)
+    assert {(r["name"], r["version"]) for r in before} >= {("embedder", "1"), ("embedder", "2"),
+                                                          ("classifier", "1"), ("reranker", "1")}
+    again = subprocess.run([sys.executable, "-m", "orchestration.cli", "init", "--corpus-size", "600"],
+                           env={**os.environ, "TANDEM_HOME": str(home)}, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr
+    after = json.loads(tandem("sql", "SELECT name, version FROM model_versions ORDER BY ALL", "-f", "json").stdout)
+    assert after == before
+    listing = tandem("models", "list")
+    assert listing.exit_code == 0 and "embedder" in listing.stdout and "classify" in listing.stdout
+
+
+def test_classifier_version_records_offline_metrics(tandem):
+    shown = tandem("models", "show", "classifier", "1")
+    assert shown.exit_code == 0, shown.stdout
+    doc = json.loads(shown.stdout)
+    assert 0.5 < doc["metrics"]["accuracy"] <= 1.0 and "macro_f1" in doc["metrics"]
+    assert doc["training_data_hash"]
+
+
+def test_canary_rollback_and_history(tandem):
+    assert tandem("models", "canary", "embedder", "2", "--weight", "0.25", "--reason", "try int8").exit_code == 0
+    state = json.loads(tandem("sql", "SELECT count(*) AS n FROM registry_events WHERE name = 'embedder'",
+                              "-f", "json").stdout)
+    assert state[0]["n"] >= 2
+    assert tandem("models", "rollback", "embedder", "--reason", "too slow").exit_code == 0
+    assert tandem("models", "history", "embedder").exit_code == 0
+    rows = json.loads(tandem("sql", "SELECT alias, version, reason FROM registry_events "
+                             "WHERE name = 'embedder' ORDER BY \"at\"", "-f", "json").stdout)
+    assert [(r["alias"], r["version"], r["reason"]) for r in rows][-2:] == [
+        ("canary", "2", "try int8"), ("canary", None, "rollback: canary 2 cleared: too slow")]
+
+
+def test_errors_exit_non_zero_with_a_one_line_reason(tandem):
+    bad = tandem("models", "promote", "embedder", "9")
+    assert bad.exit_code == 1
+    assert "error:" in bad.output and len(bad.output.strip().splitlines()) <= 2
+    bad_sql = tandem("sql", "SELEC nothing")
+    assert bad_sql.exit_code == 1 and "error:" in bad_sql.output
+    assert tandem("models", "canary", "embedder", "2", "--weight", "1.5").exit_code == 1
+
+
+def test_workflows_list_and_show(tandem):
+    listing = tandem("workflows", "list")
+    assert listing.exit_code == 0
+    for name in ("classify", "enrich", "search"):
+        assert name in listing.stdout
+    shown = tandem("workflows", "show", "enrich")
+    assert json.loads(shown.stdout)["name"] == "enrich"
