@@ -79,7 +79,7 @@ def init(corpus_size: Annotated[int, typer.Option(help="Demo corpus size for the
     from orchestration.bootstrap import init_home
 
     s = settings()
-    init_home(s, corpus_size=corpus_size, say=lambda m: console.print(m, highlight=False))
+    init_home(s, corpus_size=corpus_size, say=lambda m: console.print(m, highlight=False, soft_wrap=True))
     console.print(f"[green]ready:[/green] {s.home.absolute()}")
 
 
@@ -312,7 +312,7 @@ def up(
     """Start the whole platform locally: model servers, gateway (Ctrl-C stops everything)."""
     from orchestration.launcher import run_platform
 
-    run_platform(settings(), host=host, port=port, say=lambda m: console.print(m, highlight=False))
+    run_platform(settings(), host=host, port=port, say=lambda m: console.print(m, highlight=False, soft_wrap=True))
 
 
 def main() -> None:

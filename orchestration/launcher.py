@@ -1,7 +1,8 @@
 """`tandem up`: one model server per deployed model plus the gateway, as child processes.
 
-Ctrl-C (or SIGTERM) stops every process this launcher started: SIGINT first so each one
-shuts down cleanly (the gateway flushes its prediction log), then SIGKILL after a grace period.
+Ctrl-C (or SIGTERM) stops every process this launcher started: children run in sessions of
+their own, so the terminal's Ctrl-C reaches only the launcher, which sends each child one SIGINT
+(the gateway flushes its prediction log), then SIGKILL after a grace period.
 """
 
 from __future__ import annotations
@@ -61,14 +62,14 @@ def run_platform(settings: TandemSettings, *, host: str = "127.0.0.1", port: int
             say(f"starting model server {name} on {url}")
             proc = subprocess.Popen(
                 [sys.executable, "-m", "online.servers", "--home", str(settings.home.absolute()), name,
-                 "--host", host, "--port", str(mport)], env=env)
+                 "--host", host, "--port", str(mport)], env=env, start_new_session=True)
             children.append(Child(f"model server {name}", proc, f"{url}/health"))
             servers[name] = url
         (settings.home / DEPLOYMENTS_FILE).write_text(json.dumps(servers, indent=2))
         gateway_url = f"http://{host}:{port}"
         say(f"starting gateway on {gateway_url}")
         proc = subprocess.Popen([sys.executable, "-m", "online.gateway", "--home", str(settings.home.absolute()),
-                                 "--host", host, "--port", str(port)], env=env)
+                                 "--host", host, "--port", str(port)], env=env, start_new_session=True)
         children.append(Child("gateway", proc, f"{gateway_url}/readyz"))
         _wait_healthy(children, say)
         _banner(settings, gateway_url, say)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 
@@ -33,12 +34,24 @@ def configure_logging(level: str = "INFO", access_log: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("tandem.gateway.access").setLevel("INFO" if access_log else "WARNING")
+    logging.getLogger("httpx").setLevel("WARNING")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises the signal after a graceful stop; a clean exit is what we want here."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
 
 def serve_gateway(settings: TandemSettings, host: str = "127.0.0.1", port: int = 8000,
                   access_log: bool = False) -> None:
-    """Serve the gateway until interrupted (SIGINT/SIGTERM flush the prediction log first)."""
+    """Serve the gateway until SIGINT/SIGTERM; shutdown drains shadows and flushes the prediction log."""
     configure_logging(access_log=access_log)
     app = create_app(settings, GatewaySettings())
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, loop="uvloop",
-                http="httptools", timeout_graceful_shutdown=10)
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, loop="uvloop",
+                            http="httptools", timeout_graceful_shutdown=10)
+    _Server(config).run()
