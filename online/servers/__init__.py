@@ -7,7 +7,9 @@ serves an explicit `DeploymentSpec`; `python -m online.servers --help` is the co
 from online.servers.api import DeploymentAPI
 from online.servers.deployment import DeploymentSpec, VersionSpec, deployment_from_registry, load_spec
 from online.servers.run import (
+    ServerError,
     ServerStartError,
+    WorkerDiedError,
     build_server,
     resolve_deployment,
     serve_deployment,
@@ -17,8 +19,10 @@ from online.servers.run import (
 __all__ = [
     "DeploymentAPI",
     "DeploymentSpec",
+    "ServerError",
     "ServerStartError",
     "VersionSpec",
+    "WorkerDiedError",
     "build_server",
     "deployment_from_registry",
     "load_spec",

@@ -1,7 +1,7 @@
 """`python -m online.servers`: run one model server.
 
-    python -m online.servers --home DIR MODEL [--versions 1,2] [--port 8100] [--max-batch-size 32]
-    python -m online.servers --spec spec.json [--port 8100]
+python -m online.servers --home DIR MODEL [--versions 1,2] [--port 8100] [--max-batch-size 32]
+python -m online.servers --spec spec.json [--port 8100]
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 from models.errors import TandemModelError
 from online.servers.deployment import DeploymentSpec, load_spec
-from online.servers.run import ServerStartError, resolve_deployment, serve_deployment
+from online.servers.run import ServerError, resolve_deployment, serve_deployment
 
 logger = logging.getLogger("tandem.servers")
 
@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # LitServe logs to stdout; keep it timely in files
     overrides = {
         "max_batch_size": args.max_batch_size,
         "batch_timeout": args.batch_timeout,
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             versions = [v.strip() for v in args.versions.split(",") if v.strip()] if args.versions else None
             spec = resolve_deployment(settings, args.model, versions, **overrides)
         serve_deployment(spec, args.host, args.port, log_level=args.log_level)
-    except ServerStartError as exc:
+    except ServerError as exc:
         logger.error("%s", exc)
         return 1
     except (TandemModelError, ValueError) as exc:

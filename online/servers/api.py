@@ -107,7 +107,10 @@ class DeploymentAPI(ls.LitAPI):
                 logger.error(
                     "REFUSING to serve %s version %s: artifact %s does not hash to its recorded sha256 %s; "
                     "the server will not become healthy",
-                    dep.model, spec.version, spec.artifact_uri, spec.sha256,
+                    dep.model,
+                    spec.version,
+                    spec.artifact_uri,
+                    spec.sha256,
                 )
                 raise
             op = load_op(path, device)
@@ -119,7 +122,11 @@ class DeploymentAPI(ls.LitAPI):
             self._ops[spec.version] = op
             logger.info(
                 "loaded %s version %s (sha256 %s…) on %s in %.2f s",
-                dep.model, spec.version, spec.sha256[:12], device, time.perf_counter() - started,
+                dep.model,
+                spec.version,
+                spec.sha256[:12],
+                device,
+                time.perf_counter() - started,
             )
         logger.info("worker ready: %s versions %s, %d torch threads", dep.model, dep.version_names, threads)
 
@@ -150,7 +157,11 @@ class DeploymentAPI(ls.LitAPI):
             self._metrics.requests.labels(model, output.version, str(output.status)).inc()
             return _json_response({"detail": output.detail}, output.status)
         self._metrics.requests.labels(model, output.version, "200").inc()
-        body = {"model": model, "version": output.version, "outputs": [o.model_dump() for o in output.outputs]}
+        body = {
+            "model": model,
+            "version": output.version,
+            "outputs": [o.model_dump() for o in output.outputs],
+        }
         return _json_response(body, 200)
 
     # --- internals ----------------------------------------------------------------------

@@ -46,8 +46,10 @@ class DeploymentSpec(BaseModel):
     storage_options: dict[str, str] = Field(default_factory=dict)
     max_batch_size: int = Field(default=32, ge=1)
     batch_timeout: float = Field(
-        default=DEFAULT_BATCH_TIMEOUT, ge=0, le=10,
-        description="Seconds a batch stays open after its first request; 0: take only what is already queued.",
+        default=DEFAULT_BATCH_TIMEOUT,
+        ge=0,
+        le=10,
+        description="Seconds a batch stays open after its first request; 0: only what is already queued.",
     )
     workers: int = Field(default=1, ge=1)
     torch_threads: int | None = Field(default=None, ge=1, description="None: usable cores // workers.")
@@ -133,8 +135,9 @@ def deployment_from_registry(
     return DeploymentSpec(
         model=name,
         task=tasks.pop(),
-        versions=tuple(VersionSpec(version=mv.version, artifact_uri=mv.artifact_uri, sha256=mv.sha256)
-                       for mv in resolved),
+        versions=tuple(
+            VersionSpec(version=mv.version, artifact_uri=mv.artifact_uri, sha256=mv.sha256) for mv in resolved
+        ),
         **overrides,
     )
 

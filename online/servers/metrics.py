@@ -56,37 +56,63 @@ class ServerMetrics:
         # registry=None: values live in the multiprocess files (or in memory in tests) and the
         # exposition side builds its own registry, so constructing twice never collides.
         self.batch_size = Histogram(
-            "tandem_server_batch_size", "Instances per model call (one call per version per batch).",
-            ["model", "version"], buckets=_BATCH_BUCKETS, registry=None,
+            "tandem_server_batch_size",
+            "Instances per model call (one call per version per batch).",
+            ["model", "version"],
+            buckets=_BATCH_BUCKETS,
+            registry=None,
         )
         self.requests_per_batch = Histogram(
-            "tandem_server_requests_per_batch", "Requests LitServe collected into one batch.",
-            ["model"], buckets=_BATCH_BUCKETS, registry=None,
+            "tandem_server_requests_per_batch",
+            "Requests LitServe collected into one batch.",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=None,
         )
         self.queue_wait = Histogram(
-            "tandem_server_queue_wait_seconds", "Time a request waited in the queue before a worker took it.",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=None,
+            "tandem_server_queue_wait_seconds",
+            "Time a request waited in the queue before a worker took it.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=None,
         )
         self.inference = Histogram(
-            "tandem_server_inference_seconds", "Duration of one model call (predict_batch).",
-            ["model", "version"], buckets=_LATENCY_BUCKETS, registry=None,
+            "tandem_server_inference_seconds",
+            "Duration of one model call (predict_batch).",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=None,
         )
         self.requests = Counter(
-            "tandem_server_requests", "Requests answered by an inference worker, by HTTP status code.",
-            ["model", "version", "code"], registry=None,
+            "tandem_server_requests",
+            "Requests answered by an inference worker, by HTTP status code.",
+            ["model", "version", "code"],
+            registry=None,
         )
         self.errors = Counter(
-            "tandem_server_errors", "Requests that failed, by reason.",
-            ["model", "version", "reason"], registry=None,
+            "tandem_server_errors",
+            "Requests that failed, by reason.",
+            ["model", "version", "reason"],
+            registry=None,
         )
         self.http_latency = Histogram(
-            "tandem_server_http_request_seconds", "HTTP request latency at the server, by path and code.",
-            ["model", "path", "code"], buckets=_LATENCY_BUCKETS, registry=None,
+            "tandem_server_http_request_seconds",
+            "HTTP request latency at the server, by path and code.",
+            ["model", "path", "code"],
+            buckets=_LATENCY_BUCKETS,
+            registry=None,
         )
 
     def all(self) -> list:
-        return [self.batch_size, self.requests_per_batch, self.queue_wait, self.inference,
-                self.requests, self.errors, self.http_latency]
+        return [
+            self.batch_size,
+            self.requests_per_batch,
+            self.queue_wait,
+            self.inference,
+            self.requests,
+            self.errors,
+            self.http_latency,
+        ]
 
 
 @functools.cache

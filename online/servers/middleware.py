@@ -59,11 +59,17 @@ class TraceContextMiddleware:
             await self.app(scope, receive, send_with_trace)
         finally:
             path = scope["path"] if scope["path"] in _KNOWN_PATHS else "other"
-            server_metrics().http_latency.labels(self.model, path, str(code)).observe(time.perf_counter() - start)
+            server_metrics().http_latency.labels(self.model, path, str(code)).observe(
+                time.perf_counter() - start
+            )
             if code >= 500:
-                logger.warning("%s %s -> %d (traceparent=%s)", scope["method"], scope["path"], code, traceparent)
+                logger.warning(
+                    "%s %s -> %d (traceparent=%s)", scope["method"], scope["path"], code, traceparent
+                )
             elif traceparent and logger.isEnabledFor(logging.DEBUG):
-                logger.debug("%s %s -> %d (traceparent=%s)", scope["method"], scope["path"], code, traceparent)
+                logger.debug(
+                    "%s %s -> %d (traceparent=%s)", scope["method"], scope["path"], code, traceparent
+                )
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -20,7 +20,15 @@ from online.servers.deployment import DeploymentSpec, deployment_from_registry
 from online.servers.metrics import cleanup_metrics_dir, prepare_metrics_dir
 from online.servers.middleware import TraceContextMiddleware, metrics_endpoint
 
-__all__ = ["ServerStartError", "build_server", "serve_deployment", "serve_model"]
+__all__ = [
+    "ServerError",
+    "ServerStartError",
+    "WorkerDiedError",
+    "build_server",
+    "resolve_deployment",
+    "serve_deployment",
+    "serve_model",
+]
 
 logger = logging.getLogger("tandem.servers")
 
@@ -28,18 +36,42 @@ _UVICORN_GRACE_S = 3.0
 _CHILD_GRACE_S = 3.0
 
 
-class ServerStartError(RuntimeError):
+class ServerError(RuntimeError):
+    """A model server stopped abnormally.
+
+    ServerError
+    ├── ServerStartError    a worker failed to load or verify its versions; never became healthy
+    └── WorkerDiedError     an inference worker died while serving; the server shut down
+    """
+
+
+class ServerStartError(ServerError):
     """A model server could not start: an inference worker failed to load or verify its versions."""
 
 
-class _LitServer(ls.LitServer):
-    """LitServer whose worker monitor stops before the queue manager does (no BrokenPipe at shutdown)."""
+class WorkerDiedError(ServerError):
+    """An inference worker died while serving (e.g. killed for memory); the whole server shut down."""
 
-    def _perform_graceful_shutdown(self, manager: Any, uvicorn_workers: Any, shutdown_reason: str = "normal") -> None:
+
+class _LitServer(ls.LitServer):
+    """LitServer that shuts down once, stopping its worker monitor before the queue manager."""
+
+    worker_died = False
+    _shut_down = False
+
+    def _perform_graceful_shutdown(
+        self, manager: Any, uvicorn_workers: Any, shutdown_reason: str = "normal"
+    ) -> None:
+        if self._shut_down:  # LitServe calls it again from `run` after its monitor already did
+            return
+        self._shut_down = True
         monitor = next((t for t in threading.enumerate() if t.name == "litserve-monitoring"), None)
-        if monitor is not None and monitor is not threading.current_thread() and self._shutdown_event is not None:
-            # A fresh thread gets its own manager connection: after a KeyboardInterrupt the main
-            # thread's connection may still await the reply of the interrupted `wait()`.
+        if monitor is threading.current_thread():
+            self.worker_died = True
+        elif monitor is not None and self._shutdown_event is not None:
+            # Let the monitor see the event and exit before the manager goes (else it logs a
+            # BrokenPipe). A fresh thread gets its own manager connection: after a
+            # KeyboardInterrupt the main thread's may still await the interrupted `wait()`.
             setter = threading.Thread(target=self._shutdown_event.set, daemon=True)
             setter.start()
             setter.join(1.0)
@@ -47,7 +79,7 @@ class _LitServer(ls.LitServer):
         super()._perform_graceful_shutdown(manager, uvicorn_workers, shutdown_reason)
 
 
-def build_server(spec: DeploymentSpec, *, log_level: str = "info") -> ls.LitServer:
+def build_server(spec: DeploymentSpec, *, log_level: str = "info") -> _LitServer:
     """The LitServer for `spec`: `POST /predict`, `/health`, `/info` (the deployment), `/metrics`."""
     api = DeploymentAPI(spec, log_level=log_level)
     server = _LitServer(
@@ -67,7 +99,10 @@ def build_server(spec: DeploymentSpec, *, log_level: str = "info") -> ls.LitServ
 def serve_deployment(
     spec: DeploymentSpec, host: str = "127.0.0.1", port: int = 8100, *, log_level: str = "info"
 ) -> None:
-    """Serve `spec` until SIGINT or SIGTERM; blocks. Raises ServerStartError if a version fails to load.
+    """Serve `spec` until SIGINT or SIGTERM; blocks.
+
+    Raises ServerStartError if a version fails to load or verify (the server never becomes
+    healthy) and WorkerDiedError if an inference worker dies while serving.
 
     Every process this starts is gone when it returns: SIGTERM and SIGINT both run LitServe's
     shutdown (a plain SIGTERM would kill only this process and orphan the workers), and any
@@ -77,10 +112,13 @@ def serve_deployment(
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     metrics_dir = prepare_metrics_dir(spec.model)
     stop_announcer = threading.Event()
+    server: _LitServer | None = None
     try:
         server = build_server(spec, log_level=log_level)
         threading.Thread(
-            target=_announce_when_ready, args=(spec, host, port, stop_announcer), daemon=True,
+            target=_announce_when_ready,
+            args=(spec, host, port, stop_announcer),
+            daemon=True,
             name="tandem-ready-announcer",
         ).start()
         with _stop_on_signals(server, spec.model):
@@ -92,21 +130,25 @@ def serve_deployment(
                 generate_client_file=False,
                 access_log=False,
             )
-    except RuntimeError as exc:
-        if "failed to start" in str(exc):
+    except KeyboardInterrupt:
+        # A second signal, or one before LitServe was up: children are stopped just below.
+        logger.info("model server %s interrupted; stopping its processes", spec.model)
+    except Exception as exc:
+        if server is not None and server.worker_died:
+            raise WorkerDiedError(f"model server {spec.model}: an inference worker died") from exc
+        if isinstance(exc, RuntimeError) and "failed to start" in str(exc):
             raise ServerStartError(
                 f"model server {spec.model} failed to start: a worker could not load or verify its "
                 "versions (see the error above)"
             ) from exc
         raise
-    except KeyboardInterrupt:
-        # A second signal, or one before LitServe was up: children are stopped just below.
-        logger.info("model server %s interrupted; stopping its processes", spec.model)
     finally:
         stop_announcer.set()
         _stop_children()
         cleanup_metrics_dir(metrics_dir)
         logger.info("model server %s stopped", spec.model)
+    if server.worker_died:
+        raise WorkerDiedError(f"model server {spec.model}: an inference worker died")
 
 
 def serve_model(
@@ -123,11 +165,15 @@ def serve_model(
     `settings` is a `models.settings.TandemSettings`: its lake and artifact store locate the
     registry and the artifacts.
     """
-    spec = resolve_deployment(settings, name, versions, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+    spec = resolve_deployment(
+        settings, name, versions, max_batch_size=max_batch_size, batch_timeout=batch_timeout
+    )
     serve_deployment(spec, host, port)
 
 
-def resolve_deployment(settings: Any, name: str, versions: list[str] | None = None, **overrides: Any) -> DeploymentSpec:
+def resolve_deployment(
+    settings: Any, name: str, versions: list[str] | None = None, **overrides: Any
+) -> DeploymentSpec:
     """The deployment of `name` from the registry under `settings`; None overrides keep the defaults."""
     from lakehouse import Lake
     from models.artifacts import ArtifactStore
@@ -199,7 +245,10 @@ def _announce_when_ready(spec: DeploymentSpec, host: str, port: int, stop: threa
             if conn.getresponse().status == 200:
                 logger.info(
                     "model server %s ready on http://%s:%d (versions %s)",
-                    spec.model, host, port, ", ".join(spec.version_names),
+                    spec.model,
+                    host,
+                    port,
+                    ", ".join(spec.version_names),
                 )
                 return
         except OSError:

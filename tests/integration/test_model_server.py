@@ -77,7 +77,11 @@ class _Server:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "online.servers", "--spec", str(spec_file), "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            env=env,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.seen_pids: set[int] = set()
 
@@ -107,15 +111,23 @@ class _Server:
 
 
 def _tiny_version(store: ArtifactStore, tmp: Path, version: str, **knobs) -> VersionSpec:
-    ref = store.put(write_tiny_artifact(tmp / f"src-{version}-{knobs.get('salt', '')}", "tiny-embed", **knobs))
+    ref = store.put(
+        write_tiny_artifact(tmp / f"src-{version}-{knobs.get('salt', '')}", "tiny-embed", **knobs)
+    )
     return VersionSpec(version=version, artifact_uri=ref.uri, sha256=ref.sha256)
 
 
 def _spec(store: ArtifactStore, tmp: Path, **overrides) -> DeploymentSpec:
     # delay_ms makes each model call take a while, so concurrent requests pile up into batches.
     versions = [_tiny_version(store, tmp, v, salt=salt, delay_ms=15) for v, salt in SALTS.items()]
-    return DeploymentSpec(model="emb", task="embed", versions=versions, artifacts_root=store.root,
-                          batch_timeout=0.01, **overrides)
+    return DeploymentSpec(
+        model="emb",
+        task="embed",
+        versions=versions,
+        artifacts_root=store.root,
+        batch_timeout=0.01,
+        **overrides,
+    )
 
 
 def _metric(text: str, name: str) -> list:
@@ -152,12 +164,17 @@ def test_info_describes_the_deployment(server: _Server) -> None:
     info = httpx.get(f"{server.url}/info").json()["model"]
     assert info["name"] == "emb" and info["task"] == "embed" and info["default_version"] == "1"
     assert [v["version"] for v in info["versions"]] == ["1", "2"]
-    assert f"model server emb ready on {server.url} (versions 1, 2)" in server.log.read_text()
+    ready = f"model server emb ready on {server.url} (versions 1, 2)"
+    deadline = time.monotonic() + 5  # the line is logged once /health answers 200
+    while ready not in server.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ready in server.log.read_text()
 
 
 def test_concurrent_requests_get_their_own_versions_outputs(server: _Server) -> None:
     async def run() -> list[tuple[str | None, str, httpx.Response]]:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+
             async def one(i: int):
                 version = [None, "1", "2"][i % 3]
                 text = f"text number {i}"
@@ -175,7 +192,10 @@ def test_concurrent_requests_get_their_own_versions_outputs(server: _Server) -> 
         assert resp.json() == {
             "model": "emb",
             "version": served,
-            "outputs": [{"embedding": hash_vector(salt + text, 8)}, {"embedding": hash_vector(salt + text + "!", 8)}],
+            "outputs": [
+                {"embedding": hash_vector(salt + text, 8)},
+                {"embedding": hash_vector(salt + text + "!", 8)},
+            ],
         }
 
 
@@ -183,7 +203,9 @@ def test_bad_input_is_422_naming_the_field(server: _Server) -> None:
     resp = httpx.post(f"{server.url}/predict", json={"version": "2", "inputs": [{"text": ""}]})
     assert resp.status_code == 422
     assert resp.json()["detail"][0]["loc"] == ["body", "inputs", 0, "text"]
-    resp = httpx.post(f"{server.url}/predict", content=b'{"inputs": [', headers={"content-type": "application/json"})
+    resp = httpx.post(
+        f"{server.url}/predict", content=b'{"inputs": [', headers={"content-type": "application/json"}
+    )
     assert resp.status_code == 422
 
 
@@ -196,8 +218,10 @@ def test_unknown_version_is_404(server: _Server) -> None:
 def test_bad_requests_do_not_fail_the_requests_batched_with_them(server: _Server) -> None:
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            bodies = [{"version": "9", "inputs": [{"text": "x"}]} if i % 4 == 0 else {"inputs": [{"text": f"{i}"}]}
-                      for i in range(40)]
+            bodies = [
+                {"version": "9", "inputs": [{"text": "x"}]} if i % 4 == 0 else {"inputs": [{"text": f"{i}"}]}
+                for i in range(40)
+            ]
             return await asyncio.gather(*(client.post("/predict", json=b) for b in bodies))
 
     codes = [r.status_code for r in asyncio.run(run())]
@@ -205,7 +229,9 @@ def test_bad_requests_do_not_fail_the_requests_batched_with_them(server: _Server
 
 
 def test_traceparent_is_echoed(server: _Server) -> None:
-    resp = httpx.post(f"{server.url}/predict", json={"inputs": [{"text": "x"}]}, headers={"traceparent": TRACEPARENT})
+    resp = httpx.post(
+        f"{server.url}/predict", json={"inputs": [{"text": "x"}]}, headers={"traceparent": TRACEPARENT}
+    )
     assert resp.status_code == 200
     assert resp.headers["traceparent"] == TRACEPARENT
 
@@ -213,8 +239,12 @@ def test_traceparent_is_echoed(server: _Server) -> None:
 def test_metrics_show_batches_per_version_and_real_batching(server: _Server) -> None:
     async def burst() -> None:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            await asyncio.gather(*(client.post("/predict", json={"version": str(1 + i % 2), "inputs": [{"text": "b"}]})
-                                   for i in range(64)))
+            await asyncio.gather(
+                *(
+                    client.post("/predict", json={"version": str(1 + i % 2), "inputs": [{"text": "b"}]})
+                    for i in range(64)
+                )
+            )
 
     asyncio.run(burst())
     text = httpx.get(f"{server.url}/metrics").text
@@ -233,7 +263,9 @@ def test_metrics_show_batches_per_version_and_real_batching(server: _Server) -> 
 # --- failing to start, stopping -------------------------------------------------------------
 
 
-def test_a_corrupted_artifact_keeps_the_server_from_ever_becoming_healthy(store: ArtifactStore, tmp: Path) -> None:
+def test_a_corrupted_artifact_keeps_the_server_from_ever_becoming_healthy(
+    store: ArtifactStore, tmp: Path
+) -> None:
     spec = _spec(store, tmp)
     corrupt_store = ArtifactStore(str(tmp / "corrupt-artifacts"))
     bad = _tiny_version(corrupt_store, tmp, "2", salt="corrupt-me")
@@ -258,8 +290,11 @@ def test_a_corrupted_artifact_keeps_the_server_from_ever_becoming_healthy(store:
         srv.kill()
 
 
-@pytest.mark.parametrize("signals", [(signal.SIGTERM,), (signal.SIGINT,), (signal.SIGTERM, signal.SIGINT)],
-                         ids=["sigterm", "sigint", "sigterm-then-sigint"])
+@pytest.mark.parametrize(
+    "signals",
+    [(signal.SIGTERM,), (signal.SIGINT,), (signal.SIGTERM, signal.SIGINT)],
+    ids=["sigterm", "sigint", "sigterm-then-sigint"],
+)
 def test_signals_stop_the_server_and_every_child_process(store: ArtifactStore, tmp: Path, signals) -> None:
     spec = _spec(store, tmp, max_batch_size=4)
     srv = _Server(spec, tmp, f"stop-{'-'.join(s.name for s in signals)}")
@@ -278,5 +313,54 @@ def test_signals_stop_the_server_and_every_child_process(store: ArtifactStore, t
         assert not _alive(children), f"orphaned: {_alive(children)}"
         assert time.monotonic() - started < 10
         assert "model server emb stopped" in srv.log.read_text()
+    finally:
+        srv.kill()
+
+
+# --- resolving a deployment from the registry -------------------------------------------------
+
+
+def test_resolve_deployment_serves_stable_canary_and_shadow_from_a_real_registry(tmp: Path) -> None:
+    from lakehouse import Lake
+    from models.registry import Registry
+    from models.settings import TandemSettings
+    from online.servers import resolve_deployment
+
+    settings = TandemSettings(home=tmp / "home")
+    registry = Registry(Lake(settings.lake_root), ArtifactStore(settings.artifacts_root))
+    for salt in ("a", "b", "c"):
+        registry.register("emb", "embed", write_tiny_artifact(tmp / f"reg-{salt}", "tiny-embed", salt=salt))
+    registry.promote("emb", "2", actor="test")
+    registry.set_canary("emb", "3", 0.1, actor="test")
+    registry.set_shadow("emb", "1", actor="test")
+
+    spec = resolve_deployment(settings, "emb", max_batch_size=8, batch_timeout=None)
+    assert spec.version_names == ["2", "3", "1"]  # stable (the default), canary, shadow
+    assert (
+        spec.max_batch_size == 8
+        and spec.batch_timeout == DeploymentSpec.model_fields["batch_timeout"].default
+    )
+    assert spec.artifacts_root == settings.artifacts_root
+    assert spec.versions[0] == VersionSpec(
+        version="2",
+        artifact_uri=registry.get("emb", "2").artifact_uri,
+        sha256=registry.get("emb", "2").sha256,
+    )
+    assert resolve_deployment(settings, "emb", ["canary", "1"]).version_names == ["3", "1"]
+
+
+def test_a_dead_inference_worker_stops_the_server_with_an_error(store: ArtifactStore, tmp: Path) -> None:
+    srv = _Server(_spec(store, tmp), tmp, "worker-dies")
+    try:
+        srv.wait_healthy()
+        children = _descendants(srv.proc.pid)
+        workers = [p for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert workers, "no spawned inference worker found"
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        assert srv.proc.wait(timeout=15) == 1
+        assert "an inference worker died" in srv.log.read_text()
+        time.sleep(1)
+        assert not _alive(children)
     finally:
         srv.kill()
