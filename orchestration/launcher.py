@@ -59,10 +59,12 @@ def run_platform(settings: TandemSettings, *, host: str = "127.0.0.1", port: int
         for i, name in enumerate(deployed, start=1):
             mport = port + i
             url = f"http://{host}:{mport}"
-            say(f"starting model server {name} on {url}")
+            say(f"starting model server {name} (versions {', '.join(served_versions(models[name]))}) on {url}")
+            versions = served_versions(models[name])
             proc = subprocess.Popen(
                 [sys.executable, "-m", "online.servers", "--home", str(settings.home.absolute()), name,
-                 "--host", host, "--port", str(mport)], env=env, start_new_session=True)
+                 "--versions", ",".join(versions), "--host", host, "--port", str(mport)],
+                env=env, start_new_session=True)
             children.append(Child(f"model server {name}", proc, f"{url}/health"))
             servers[name] = url
         (settings.home / DEPLOYMENTS_FILE).write_text(json.dumps(servers, indent=2))
@@ -81,6 +83,13 @@ def run_platform(settings: TandemSettings, *, host: str = "127.0.0.1", port: int
         raise
     stop_children(children, say)
     return children
+
+
+def served_versions(summary) -> list[str]:
+    """The aliased versions plus the newest one, so a fresh canary needs no server restart."""
+    state = summary.state
+    wanted = [v for v in (state.stable, state.canary, state.shadow, summary.versions[-1]) if v]
+    return list(dict.fromkeys(wanted))
 
 
 def _wait_healthy(children: list[Child], say: Callable[[str], None], timeout_s: float = 300) -> None:

@@ -1,4 +1,8 @@
-"""Request-scoped dependencies: the runtime, the caller's tenant, ids, deadline, idempotency."""
+"""Request-scoped dependencies: the runtime, the caller's tenant, ids, deadline, idempotency.
+
+They are `async def` on purpose: none does I/O, and sync dependencies would cost a thread-pool
+hop on every request.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from online.gateway.tenants import Tenant
 from online.gateway.tracing import parse_traceparent
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
@@ -40,7 +44,7 @@ def _key_from_headers(authorization: str | None, api_key: str | None) -> str | N
     return None
 
 
-def authenticate(
+async def authenticate(
     request: Request,
     runtime: RuntimeDep,
     authorization: Annotated[str | None, Header()] = None,
@@ -67,7 +71,7 @@ CallerDep = Annotated[Caller, Depends(authenticate)]
 def scoped(scope: str):
     """A dependency requiring `scope` of the caller's tenant (403 otherwise)."""
 
-    def check(caller: CallerDep) -> Caller:
+    async def check(caller: CallerDep) -> Caller:
         caller.tenant.require_scope(scope)
         return caller
 
@@ -78,7 +82,7 @@ PredictCaller = Annotated[Caller, Depends(scoped("predict"))]
 AdminCaller = Annotated[Caller, Depends(scoped("admin"))]
 
 
-def deadline_ms(
+async def deadline_ms(
     runtime: RuntimeDep,
     x_deadline_ms: Annotated[str | None, Header(description="Request deadline in milliseconds.")] = None,
 ) -> int | None:
