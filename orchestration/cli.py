@@ -308,11 +308,13 @@ def serve_gateway(host: str = "127.0.0.1", port: int = 8000, access_log: bool = 
 def up(
     host: str = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Gateway port; model servers take the ports after it.")] = 8000,
+    dagster_port: Annotated[int, typer.Option(help="Dagster UI port; 0 leaves Dagster out.")] = 3000,
 ) -> None:
-    """Start the whole platform locally: model servers, gateway (Ctrl-C stops everything)."""
+    """Start the whole platform locally: model servers, gateway, Dagster UI + daemon (Ctrl-C stops all)."""
     from orchestration.launcher import run_platform
 
-    run_platform(settings(), host=host, port=port, say=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    run_platform(settings(), host=host, port=port, dagster_port=dagster_port or None,
+                 say=lambda m: console.print(m, highlight=False, soft_wrap=True))
 
 
 def main() -> None:

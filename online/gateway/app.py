@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from models.settings import TandemSettings
 from online.gateway.problems import PayloadTooLarge, install_problem_handlers, problem_response
-from online.gateway.routes import admin, models, ops, workflows
+from online.gateway.routes import admin, jobs, models, ops, workflows
 from online.gateway.runtime import Runtime
 from online.gateway.settings import GatewaySettings
 
@@ -37,7 +37,7 @@ class _EdgeMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         runtime: Runtime = self.runtime_ref["runtime"]
-        limit = runtime.gateway.max_body_bytes
+        limit = runtime.gateway.max_job_body_bytes if scope["path"] == "/v1/jobs" else runtime.gateway.max_body_bytes
         headers = dict(scope["headers"])
         request_id = (headers.get(b"x-request-id") or b"").decode()[:128] or uuid.uuid4().hex
         state = scope.setdefault("state", {})
@@ -116,7 +116,7 @@ def create_app(
     app = FastAPI(title="Tandem gateway", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.runtime = runtime
     install_problem_handlers(app)
-    for module in (workflows, models, admin, ops):
+    for module in (workflows, models, jobs, admin, ops):
         app.include_router(module.router)
     app.add_middleware(_EdgeMiddleware, runtime_ref=ref)
     return app

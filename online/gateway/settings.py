@@ -13,6 +13,7 @@ class GatewaySettings(BaseSettings):
 
     servers: dict[str, str] = Field(default_factory=dict, description="Model name -> server base URL.")
     max_body_bytes: int = Field(default=1 << 20, description="Larger request bodies get 413.")
+    max_job_body_bytes: int = Field(default=64 << 20, description="Body limit of POST /v1/jobs.")
     max_instances: int = Field(default=256, description="Most instances in one predict/embeddings call.")
     default_deadline_ms: int = Field(default=10_000, description="Deadline when neither header nor workflow sets one.")
     max_deadline_ms: int = Field(default=120_000, description="Upper bound on a caller's X-Deadline-Ms.")
