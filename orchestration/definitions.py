@@ -13,7 +13,6 @@ import dagster as dg
 from assets import (
     ALL_ASSETS,
     ALL_CHECKS,
-    ASYNC_JOBS,
     DAILY,
     async_job_results,
     batch_predictions,
@@ -52,7 +51,7 @@ training_job = dg.define_asset_job(
     description="Train and register a new classifier version (not promoted).",
 )
 async_job = dg.define_asset_job(
-    "async_job", selection=[async_job_results], partitions_def=ASYNC_JOBS, executor_def=dg.in_process_executor,
+    "async_job", selection=[async_job_results], executor_def=dg.in_process_executor,
     description="Run one async job (its partition is the job id).",
 )
 maintenance_job = dg.define_asset_job(

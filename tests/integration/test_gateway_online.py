@@ -43,7 +43,7 @@ def cluster(tmp_path_factory):
     tenants = TenantStore(settings.tenants_file)
     keys = {}
     for tid, kw in {
-        "acme": dict(scopes={"predict", "admin"}, rate_per_s=1000, burst=1000),
+        "acme": dict(scopes={"predict", "admin", "jobs"}, rate_per_s=1000, burst=1000),
         "limited": dict(scopes={"predict"}, rate_per_s=0.2, burst=1),
         "quota": dict(scopes={"predict"}, rate_per_s=100, burst=100, daily_quota=2),
         "jobsonly": dict(scopes={"jobs"}),
@@ -278,3 +278,45 @@ def test_killed_model_server_gives_503_opens_the_breaker_and_recovers(cluster):
         server.wait_healthy()
     assert _eventually(lambda: run(cluster, "classify", {"text": "back " + str(time.time())}).status_code == 200,
                        timeout_s=10)
+
+
+def test_async_job_end_to_end_through_the_gateway_and_dagster(cluster):
+    import dagster as dg
+
+    from assets import async_job_results
+    from assets.resources import build_resources
+    from orchestration.definitions import async_job
+    from orchestration.sensors import make_async_jobs_sensor
+
+    inputs = [{"text": f"async item {i}"} for i in range(5)]
+    r = call(cluster, "/v1/jobs", {"workflow": "classify", "inputs": inputs}, headers={"Idempotency-Key": "job-1"})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    assert r.headers["location"] == f"/v1/jobs/{job_id}"
+    again = call(cluster, "/v1/jobs", {"workflow": "classify", "inputs": inputs}, headers={"Idempotency-Key": "job-1"})
+    assert again.json()["job_id"] == job_id
+    assert call(cluster, "/v1/jobs", {"workflow": "classify", "inputs": inputs[:1]},
+                headers={"Idempotency-Key": "job-1"}).status_code == 409
+    bad = call(cluster, "/v1/jobs", {"workflow": "classify", "inputs": [{"text": "ok"}, {}]})
+    assert bad.status_code == 422 and "inputs.1.text" in bad.json()["detail"]
+    assert call(cluster, f"/v1/jobs/{job_id}", method="GET").json()["status"] == "queued"
+    assert call(cluster, f"/v1/jobs/{job_id}", tenant="jobsonly", method="GET").status_code == 404
+
+    resources = build_resources(home=str(cluster.home))
+    with dg.instance_for_test() as instance:
+        with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+            result = make_async_jobs_sensor(async_job)(ctx)
+        (request,) = [q for q in result.run_requests if q.partition_key == job_id]
+        for add in result.dynamic_partitions_requests:
+            instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
+        run = dg.materialize([async_job_results], partition_key=job_id, resources=resources, instance=instance,
+                             tags=request.tags)
+        assert run.success
+
+    status = call(cluster, f"/v1/jobs/{job_id}", method="GET").json()
+    assert (status["status"], status["n_done"], status["progress"]) == ("succeeded", 5, 1.0)
+    page = call(cluster, f"/v1/jobs/{job_id}/results?limit=3", method="GET").json()
+    assert [x["idx"] for x in page["results"]] == [0, 1, 2] and page["next_offset"] == 3
+    assert all(x["output"]["label"] in LABELS for x in page["results"])
+    rest = call(cluster, f"/v1/jobs/{job_id}/results?offset=3", method="GET").json()
+    assert [x["idx"] for x in rest["results"]] == [3, 4] and rest["next_offset"] is None
