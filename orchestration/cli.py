@@ -137,6 +137,42 @@ def models_register(
     console.print(f"registered {mv.name}@{mv.version} sha256={mv.sha256[:16]}")
 
 
+@models_app.command("train")
+@friendly
+def models_train(
+    data: Annotated[Path, typer.Argument(help="Labelled CSV, Parquet or JSONL file.")],
+    text_col: str = "text",
+    label_col: str = "label",
+    name: str = "classifier",
+    epochs: int = 30,
+    promote: Annotated[bool, typer.Option(help="Make the new version stable right away.")] = False,
+    actor: Actor = "cli",
+) -> None:
+    """Train a classifier version on your own labelled data and register it (not promoted)."""
+    import tempfile
+
+    from models.classifier import train_classifier
+    from models.corpus import load_labelled
+
+    rows = load_labelled(data, text_col=text_col, label_col=label_col)
+    console.print(f"training on {len(rows)} rows from {data}")
+    reg = _platform().registry
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train_classifier(rows, Path(tmp) / "clf", epochs=epochs,
+                                  progress=lambda m: console.print(f"  {m}", highlight=False))
+        mv = reg.register(name, "classify", result.artifact_dir, metrics=result.metrics,
+                          training_data_hash=result.training_data_hash, actor=actor,
+                          lineage={"data": str(data.absolute()), "encoder": "embedder@1"},
+                          description=f"classifier head trained on {data.name}")
+    console.print(f"registered {mv.name}@{mv.version}: accuracy={result.metrics['accuracy']:.3f} "
+                  f"macro_f1={result.metrics['macro_f1']:.3f}")
+    if promote:
+        reg.promote(name, mv.version, actor=actor, reason="trained and promoted from the CLI")
+        console.print(f"{mv.name}@{mv.version} is now stable")
+    else:
+        console.print(f"try it as a canary: tandem models canary {name} {mv.version} --weight 0.1")
+
+
 @models_app.command("promote")
 @friendly
 def models_promote(name: str, version: str, actor: Actor = "cli", reason: Reason = None) -> None:

@@ -89,3 +89,18 @@ def test_workflows_list_and_show(tandem):
         assert name in listing.stdout
     shown = tandem("workflows", "show", "enrich")
     assert json.loads(shown.stdout)["name"] == "enrich"
+
+
+def test_train_on_a_labelled_csv_registers_an_unpromoted_version(tandem, tmp_path):
+    from models.corpus import generate_demo_corpus, write_corpus
+
+    rows = [{"body": r["text"], "topic": r["label"]} for r in generate_demo_corpus(240, seed=3)]
+    path = write_corpus(tmp_path / "mine.csv", [{"text": r["body"], "label": r["topic"]} for r in rows])
+    missing = tandem("models", "train", str(path), "--text-col", "body")
+    assert missing.exit_code == 1 and "body" in missing.output
+    trained = tandem("models", "train", str(path), "--epochs", "5")
+    assert trained.exit_code == 0, trained.output
+    assert "registered classifier@2" in trained.output
+    state = json.loads(tandem("sql", "SELECT count(*) AS n FROM model_versions WHERE name = 'classifier'",
+                              "-f", "json").stdout)
+    assert state[0]["n"] == 2
