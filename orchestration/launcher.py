@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import httpx
 
 from models.settings import TandemSettings
-from orchestration.bootstrap import Platform, demo_key, init_home
 from online.gateway.runtime import DEPLOYMENTS_FILE
+from orchestration.bootstrap import Platform, demo_key, init_home
 
 REFERENCE_MODELS = ("embedder", "classifier", "reranker")
 EXAMPLES = {

@@ -104,7 +104,7 @@ class WorkflowEngine:
         self.client = client
         self._servers = servers
         self._states = states
-        self._versions = versions or (lambda: {})
+        self._versions = versions or (dict)
         self.router = router
         self.cache = cache
         self.breakers = breakers
@@ -339,7 +339,7 @@ class WorkflowEngine:
                                                   headers={"traceparent": child_traceparent(ctx.traceparent)})
                 outputs = reply.outputs
                 self.metrics.shadow.labels(model, "ok").inc()
-            except Exception as exc:  # a shadow never fails the caller; its failure is logged
+            except Exception as exc:  # noqa: BLE001 — a shadow never fails the caller; its failure is logged
                 report.status, report.error = "error", str(exc)[:500]
                 self.metrics.shadow.labels(model, "error").inc()
             report.latency_ms = (self.clock() - started) * 1000

@@ -19,7 +19,7 @@ from models.testing import write_tiny_artifact
 from online.gateway.runtime import DEPLOYMENTS_FILE
 from online.gateway.tenants import TenantStore
 from orchestration.bootstrap import Platform
-from tests.integration.conftest import Cluster, base_env, free_port, gateway, model_server
+from tests.integration.conftest import Cluster, base_env, gateway, model_server
 
 pytestmark = pytest.mark.integration
 LABELS = ["sports", "tech", "finance"]

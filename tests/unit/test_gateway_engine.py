@@ -88,7 +88,7 @@ async def test_enrich_runs_its_two_branches_concurrently():
 
 async def test_search_feeds_embeddings_into_rerank():
     fake = FakeServers()
-    output, reports = await make_engine(fake).run(
+    output, _ = await make_engine(fake).run(
         WORKFLOWS["search"], {"query": "q", "documents": ["a", "b", "c"]}, ctx())
     assert [r["index"] for r in output["results"]] == [0, 1, 2]
     order = [c[0] for c in fake.calls]

@@ -6,9 +6,8 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from online.gateway.api_models import AliasBody, CanaryBody, ReasonBody
+from online.gateway.api_models import AliasBody, CanaryBody, ReasonBody, problem_responses
 from online.gateway.deps import AdminCaller, RuntimeDep
-from online.gateway.api_models import problem_responses
 from online.gateway.problems import InvalidInput
 from online.gateway.runtime import Runtime
 

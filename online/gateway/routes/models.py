@@ -18,11 +18,11 @@ from online.gateway.api_models import (
     PredictResponse,
     RerankRequest,
     RerankResponse,
+    problem_responses,
 )
 from online.gateway.deps import Caller, DeadlineDep, IdempotencyKey, PredictCaller, RuntimeDep
 from online.gateway.engine import StepReport
 from online.gateway.execution import metadata, request_context, respond, validate
-from online.gateway.api_models import problem_responses
 from online.gateway.problems import InvalidInput, PayloadTooLarge
 from online.gateway.runtime import Runtime
 

@@ -6,10 +6,9 @@ import time
 
 from fastapi import APIRouter
 
-from online.gateway.api_models import RunRequest, RunResponse
+from online.gateway.api_models import RunRequest, RunResponse, problem_responses
 from online.gateway.deps import CallerDep, DeadlineDep, IdempotencyKey, PredictCaller, RuntimeDep
 from online.gateway.execution import metadata, request_context, respond, validate
-from online.gateway.api_models import problem_responses
 
 router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
 
