@@ -54,6 +54,9 @@ class RunResponse(BaseModel):
 
 
 class PredictRequest(_Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"instances": [{"text": "Tandem serves models."}], "version": "1"}]})
+
     instances: list[dict[str, Any]] = Field(min_length=1, examples=[[{"text": "Tandem serves models."}]])
     version: str | None = Field(default=None, description="Pin a version; default: the routed alias.")
 
@@ -119,17 +122,25 @@ class RerankResponse(BaseModel):
 
 
 class AliasBody(_Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"version": "2", "reason": "int8 passed the canary"}, {"version": None}]})
+
     version: str | None = Field(default=None, description="The version; null clears (shadow only).")
     reason: str | None = None
 
 
 class CanaryBody(_Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"version": "2", "weight": 0.1, "reason": "try the int8 embedder on 10% of traffic"}]})
+
     version: str
     weight: float = Field(ge=0.0, le=1.0, description="Share of traffic routed to the canary, 0..1.")
     reason: str | None = None
 
 
 class ReasonBody(_Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "p95 latency regressed"}]})
+
     reason: str | None = None
 
 

@@ -1,8 +1,8 @@
 """W3C trace context: accept `traceparent`, start a span per request, propagate to model servers.
 
-OpenTelemetry does the work: the gateway's spans get their parent from the incoming header
-and each model call carries a child `traceparent`. Exporters are configured the OpenTelemetry
-way (`OTEL_*` environment variables with the SDK); without one, spans stay in-process.
+OpenTelemetry's W3C propagator parses the incoming header, so a caller's trace id is kept and
+returned in the response metadata and the prediction log; each model-server call carries a
+child `traceparent` (same trace, new span id). No span exporter is configured yet.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _PROPAGATOR = TraceContextTextMapPropagator()
-_TRACER = trace.get_tracer("tandem.gateway")
 
 
 def parse_traceparent(header: str | None) -> tuple[str, str]:
@@ -34,9 +33,3 @@ def child_traceparent(traceparent: str) -> str:
     if len(parts) != 4:
         return traceparent
     return f"{parts[0]}-{parts[1]}-{secrets.token_hex(8)}-{parts[3]}"
-
-
-def start_request_span(name: str, traceparent: str):
-    """A span for one gateway request, parented on the incoming trace."""
-    ctx = _PROPAGATOR.extract({"traceparent": traceparent})
-    return _TRACER.start_as_current_span(name, context=ctx)
