@@ -144,7 +144,9 @@ class ArtifactStore:
             except OSError:
                 if not final.is_dir():
                     raise
-                # A concurrent put of the same content won the race; its copy is identical.
+                # A concurrent put won the race, or an earlier put died before its marker:
+                # publish that copy only if it really is this content.
+                _verify(final, sha, str(final))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -168,8 +170,11 @@ class ArtifactStore:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.cache_dir / f".tmp-{expected[:12]}-{uuid.uuid4().hex}"
         try:
+            prefix = path + "/"
             for remote in fs.find(path):
-                rel = remote[len(path) + 1 :]
+                if not remote.startswith(prefix):
+                    continue
+                rel = remote[len(prefix) :]
                 dest = tmp / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 fs.get_file(remote, str(dest))

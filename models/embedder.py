@@ -5,10 +5,11 @@ manifest naming the kind and the sha256 of the package's model directory; loadin
 that hash differently. `get_encoder` keeps one encoder per (quantize, device) per process, so the
 embedder, classifier and reranker ops in one worker share a single copy of the model.
 
-The int8 kind quantises Linear weights per output channel, and leaves the feed-forward
+The int8 kind quantises Linear weights per output channel and leaves the feed-forward
 down-projections (`layer.N.output.dense`) in fp32: their post-GELU inputs have outliers that
-dynamic per-tensor activation scales clip. Plain per-tensor quantisation of every Linear measured
-cosine ~0.94 to fp32; this scheme ~0.99 at ~1.3-1.5x fp32 throughput.
+dynamic per-tensor activation scales clip. Measured here on demo-corpus sentences: quantising every
+Linear per tensor gives cosine to fp32 of 0.94 mean (0.91 min) at 1.45x fp32 throughput; this
+scheme 0.986 mean (0.97 min) at ~1.3x.
 """
 
 from __future__ import annotations

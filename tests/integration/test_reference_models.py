@@ -18,7 +18,7 @@ from models.classifier import (
 )
 from models.corpus import generate_demo_corpus
 from models.embedder import MiniLMEmbedder, MiniLMInt8Embedder, write_embedder_artifact
-from models.errors import DigestMismatchError
+from models.errors import DigestMismatchError, SchemaError
 from models.ops import load_op
 from models.reranker import MiniLMReranker, write_reranker_artifact
 from models.schemas import ClassifyIn, EmbedIn, RerankIn
@@ -226,3 +226,12 @@ def test_artifact_pinned_to_other_weights_is_refused(workdir):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DigestMismatchError, match="f" * 64):
         load_op(path)
+
+
+def test_reranker_rejects_embeddings_that_do_not_match_the_documents(reranker):
+    with pytest.raises(SchemaError, match="2 document_embeddings for 3 documents"):
+        reranker.predict_batch(
+            [RerankIn(query="q", documents=["a", "b", "c"], document_embeddings=[[1.0, 0.0], [0.0, 1.0]])]
+        )
+    with pytest.raises(SchemaError, match="dims"):
+        reranker.predict_batch([RerankIn(query="q", documents=["a"], query_embedding=[1.0, 0.0, 0.0])])

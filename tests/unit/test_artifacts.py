@@ -168,3 +168,13 @@ def test_remote_half_written_artifact_is_invisible(tmp_path, memory_root):
     fsspec.filesystem("memory").rm_file(f"{ref.uri.removeprefix('memory://')}{MARKER_SUFFIX}")
     with pytest.raises(ArtifactError, match="incomplete"):
         store.fetch(ref)
+
+
+def test_put_refuses_to_publish_a_leftover_directory_with_other_content(tmp_path):
+    src = _make_artifact(tmp_path / "src")
+    sha = digest_dir(src)
+    leftover = tmp_path / "store" / sha
+    _make_artifact(leftover, weights=b"something else")
+    with pytest.raises(DigestMismatchError):
+        ArtifactStore(str(tmp_path / "store")).put(src)
+    assert not (tmp_path / "store" / f"{sha}{MARKER_SUFFIX}").exists()
