@@ -8,8 +8,9 @@ Which class loads an artifact is named by the `kind` in its `manifest.json`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -68,7 +69,7 @@ def check_outputs(op: ModelOp, inputs: list, outputs: list) -> list:
 
 def _import_reference_models() -> None:
     # Importing registers the kinds; deferred so `models.ops` stays cheap to import.
-    import models.classifier  # noqa: F401
-    import models.embedder  # noqa: F401
-    import models.reranker  # noqa: F401
+    import models.classifier
+    import models.embedder
+    import models.reranker
     import models.testing  # noqa: F401
