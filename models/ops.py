@@ -50,9 +50,9 @@ def read_manifest(artifact_dir: Path) -> dict:
 
 def load_op(artifact_dir: Path, device: str = "cpu") -> ModelOp:
     """Instantiate and load the op an artifact's manifest names."""
-    _import_reference_models()
     manifest = read_manifest(artifact_dir)
     kind = manifest.get("kind")
+    _import_module_of(kind)
     if kind not in _KINDS:
         raise ArtifactError(f"artifact kind {kind!r} is unknown; known kinds: {', '.join(sorted(_KINDS))}")
     op = _KINDS[kind]()
@@ -67,9 +67,24 @@ def check_outputs(op: ModelOp, inputs: list, outputs: list) -> list:
     return outputs
 
 
-def _import_reference_models() -> None:
-    # Importing registers the kinds; deferred so `models.ops` stays cheap to import.
-    import models.classifier
-    import models.embedder
-    import models.reranker
-    import models.testing  # noqa: F401
+# Where the reference kinds live: importing a module registers its kinds. Only the module an
+# artifact needs is imported, so a tiny test model never pays for torch and transformers.
+_KIND_MODULES = {
+    "minilm": "models.embedder",
+    "minilm-int8": "models.embedder",
+    "classifier-head": "models.classifier",
+    "minilm-reranker": "models.reranker",
+    "tiny-embed": "models.testing",
+    "tiny-classify": "models.testing",
+    "tiny-rerank": "models.testing",
+}
+
+
+def _import_module_of(kind: object) -> None:
+    import importlib
+
+    if kind in _KINDS:
+        return
+    modules = [_KIND_MODULES[kind]] if kind in _KIND_MODULES else sorted(set(_KIND_MODULES.values()))
+    for module in modules:
+        importlib.import_module(module)
