@@ -16,6 +16,7 @@ when only its version's model call failed).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -92,11 +93,9 @@ class DeploymentAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         """Fetch and verify every version's artifact, then load its op; any failure keeps /health at 503."""
         configure_logging(self.log_level)
-        import torch
-
         dep = self.deployment
         threads = dep.resolved_torch_threads()
-        torch.set_num_threads(threads)
+        _limit_threads(threads)
         self._metrics = server_metrics()
         self._request_model = _request_model(dep.task)
         for spec in dep.versions:
@@ -128,6 +127,7 @@ class DeploymentAPI(ls.LitAPI):
                 device,
                 time.perf_counter() - started,
             )
+        _limit_threads(threads)  # again: a version's load may have imported torch just now
         logger.info("worker ready: %s versions %s, %d torch threads", dep.model, dep.version_names, threads)
 
     def decode_request(self, request: dict) -> _Decoded | _Rejected:
@@ -198,6 +198,19 @@ class DeploymentAPI(ls.LitAPI):
 
     def observe_queue_wait(self, seconds: float) -> None:
         self._metrics.queue_wait.labels(self.deployment.model).observe(seconds)
+
+
+def _limit_threads(threads: int) -> None:
+    """Cap this worker's intra-op threads so workers and the HTTP process do not oversubscribe cores.
+
+    The environment covers torch (and OpenMP/MKL) imported later; torch itself is only touched if
+    already imported, so a server of tiny test models never pays for importing it.
+    """
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _request_model(task_name: str) -> type[BaseModel]:
