@@ -102,6 +102,16 @@ class _Server:
             time.sleep(0.2)
         raise AssertionError(f"not healthy after {timeout_s} s:\n{self.log.read_text()[-3000:]}")
 
+    def stop(self) -> None:
+        """SIGTERM, as an orchestrator would; SIGKILL only if it hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -154,7 +164,7 @@ def server(store: ArtifactStore, tmp: Path) -> Iterator[_Server]:
         srv.wait_healthy()
         yield srv
     finally:
-        srv.kill()
+        srv.stop()
 
 
 # --- serving --------------------------------------------------------------------------------
