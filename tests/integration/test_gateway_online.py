@@ -320,3 +320,44 @@ def test_async_job_end_to_end_through_the_gateway_and_dagster(cluster):
     assert all(x["output"]["label"] in LABELS for x in page["results"])
     rest = call(cluster, f"/v1/jobs/{job_id}/results?offset=3", method="GET").json()
     assert [x["idx"] for x in rest["results"]] == [3, 4] and rest["next_offset"] is None
+
+
+def test_a_bad_canary_is_caught_by_dagster_and_the_running_gateway_returns_to_stable(cluster):
+    """Live traffic through the gateway -> canary_evaluation fails its blocking check -> the guard
+    sensor rolls the canary back -> the running gateway sends every key to stable again."""
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import UTC, datetime
+
+    import dagster as dg
+
+    from assets import canary_evaluation, canary_guardrails
+    from assets.resources import build_resources
+    from orchestration.sensors import make_canary_guard_sensor
+
+    lake = cluster.registry._lake
+    lake.append("documents", [
+        {"doc_id": f"eval{i}", "day": datetime.now(UTC).date(), "text": f"evaluation text number {i}",
+         "label": None, "source": "test", "attributes": None, "ingested_at": datetime.now(UTC)}
+        for i in range(40)])
+    # v2 is the tiny embedder with another salt: its vectors disagree with v1's.
+    assert call(cluster, "/v1/admin/models/embedder/canary", {"version": "2", "weight": 0.5}).status_code == 200
+    keys = [f"live-{i}" for i in range(80)]
+    assert _eventually(lambda: {v for v, _ in _versions_by_key(cluster, keys[:8]).values()} == {"1", "2"})
+    with ThreadPoolExecutor(16) as pool:
+        arms = list(pool.map(lambda k: _versions_by_key(cluster, [k])[k][1], keys))
+    assert arms.count("canary") >= 20 and arms.count("stable") >= 20
+    time.sleep(1.5)  # let the gateway's prediction log flush
+
+    resources = build_resources(home=str(cluster.home))
+    with dg.instance_for_test() as instance:
+        run = dg.materialize([canary_evaluation, canary_guardrails], resources=resources, instance=instance,
+                             run_config={"ops": {"canary_evaluation": {"config": {"eval_size": 40}}}},
+                             raise_on_error=False)
+        assert not run.success  # the blocking check stopped the run
+        (check,) = run.get_asset_check_evaluations()
+        assert not check.passed and "cosine agreement" in " ".join(check.metadata["embedder@2"].value["reasons"])
+        with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+            make_canary_guard_sensor()(ctx)
+
+    assert cluster.registry.state("embedder").canary is None
+    assert _eventually(lambda: {a for _, a in _versions_by_key(cluster, keys[:16]).values()} == {"stable"})
