@@ -108,6 +108,10 @@ class Lake:
 
         return retry_commit(op, f"append to {name!r}")
 
+    def appender(self, name: str) -> Appender:
+        """A writer for frequent appends to one table that keeps its table handle between writes."""
+        return Appender(self, name)
+
     def overwrite_partition(self, name: str, data: Data, partition: Mapping[str, Any]) -> int:
         """Replace exactly one partition (e.g. `{"day": date(2026, 1, 4)}`) with `data`; returns the version."""
         table = get_table(name)
@@ -267,3 +271,34 @@ def _dedupe(rows: pa.Table, keys: Sequence[str], keep: str) -> pa.Table:
     if picked.num_rows == rows.num_rows:
         return rows
     return rows.take(picked.sort_by(f"{index}_{how}").column(f"{index}_{how}"))
+
+
+class Appender:
+    """Appends batches to one table through a `DeltaTable` it keeps open.
+
+    `Lake.append` opens the table on every call, which replays its log; a long-lived writer
+    such as the gateway's prediction log appends every second, so it keeps the handle and only
+    reads the commits it has not seen (`update_incremental`). Not fork-safe: create it in the
+    process that writes, and use it from one thread at a time.
+    """
+
+    def __init__(self, lake: Lake, name: str):
+        self._lake = lake
+        self._def = get_table(name)
+        self._table: DeltaTable | None = None
+
+    def append(self, data: Data) -> int:
+        """Append rows; returns the new table version."""
+        rows = coerce(self._def, data)
+
+        def op() -> int:
+            if self._table is None:
+                self._table = self._lake._open_or_create(self._def.name)
+            else:
+                self._table.update_incremental()
+            if rows.num_rows:
+                write_deltalake(self._table, rows, mode="append")
+            return self._table.version()
+
+        return retry_commit(op, f"append to {self._def.name!r}")
+

@@ -93,6 +93,7 @@ class Runtime:
         self.idempotency = IdempotencyStore(ttl_s=gateway.idempotency_ttl_s)
         self.servers = ServerDirectory(gateway.servers, settings.home.absolute() / DEPLOYMENTS_FILE)
         self.states: dict[str, Any] = {}
+        self._appender = None
         self.tasks: dict[str, str] = {}
         self.versions: dict[str, set[str]] = {}
         self.client = client or ModelClient()
@@ -114,7 +115,9 @@ class Runtime:
         self.last_refresh = 0.0
 
     def _write_predictions(self, rows: list[dict]) -> None:
-        self.lake.append("predictions", rows)
+        if self._appender is None:
+            self._appender = self.lake.appender("predictions")
+        self._appender.append(rows)
 
     def workflow(self, name: str) -> WorkflowSpec:
         try:

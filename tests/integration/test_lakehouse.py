@@ -300,3 +300,32 @@ def test_delete_older_than_with_a_tenant_filter_spares_other_tenants_and_new_row
         {"tenant": "glob", "day": new, "n": 2},
     ]
     assert delete_older_than(lake, "predictions", "day", cutoff) == 2
+
+
+def test_an_appender_keeps_its_handle_and_loses_nothing_beside_other_writers(tmp_path):
+    import threading
+    from datetime import UTC, date, datetime
+
+    from lakehouse import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+
+    def rows(prefix: str, n: int) -> list[dict]:
+        now = datetime.now(UTC)
+        return [{"request_id": f"{prefix}{i}", "tenant": "t", "model": "m", "status": "ok", "ts": now,
+                 "day": date(2026, 1, 1)} for i in range(n)]
+
+    appender = lake.appender("predictions")
+    versions = [appender.append(rows("a", 5))]
+
+    def other() -> None:
+        for k in range(5):
+            Lake(lake.root).append("predictions", rows(f"o{k}-", 3))
+
+    t = threading.Thread(target=other)
+    t.start()
+    for k in range(5):
+        versions.append(appender.append(rows(f"b{k}-", 4)))
+    t.join()
+    assert versions == sorted(versions) and len(set(versions)) == len(versions)
+    assert lake.read("predictions").num_rows == 5 + 5 * 4 + 5 * 3
