@@ -1,0 +1,84 @@
+"""TANDEM_HOMEs for the bench: tiny deterministic models (seconds) or the real reference models.
+
+The real home (`tandem init` with a small demo corpus: MiniLM embedder, trained classifier,
+reranker) takes a minute or two to build, so it is kept in the work directory and reused by
+later runs; `--fresh` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.settings import TandemSettings
+
+BENCH_TENANT = "bench"
+TINY_DIM = 384  # the tiny embedder answers with MiniLM-sized vectors, so payloads are realistic
+_READY = ".bench-ready"
+
+
+@dataclass(frozen=True)
+class Home:
+    """A TANDEM_HOME with embedder and classifier stable and a bench tenant without limits."""
+
+    path: Path
+    key: str
+    real: bool
+
+    @property
+    def settings(self) -> TandemSettings:
+        return TandemSettings(home=self.path)
+
+    def artifact(self, model: str, version: str = "1") -> Path:
+        """The verified local artifact directory of `model` `version`."""
+        from orchestration.bootstrap import Platform
+
+        platform = Platform.open(self.settings)
+        mv = platform.registry.get(model, version)
+        return Path(platform.store.fetch(mv.artifact_uri, mv.sha256))
+
+
+def tiny_home(path: Path, *, delay_ms: float = 0.0) -> Home:
+    """A fresh home with tiny models (`delay_ms` of sleep per batch to mimic a model's cost)."""
+    from models.testing import write_tiny_artifact
+    from orchestration.bootstrap import Platform
+
+    if path.exists():
+        shutil.rmtree(path)
+    settings = TandemSettings(home=path)
+    reg = Platform.open(settings).registry
+    src = path / "src"
+    knobs = {"delay_ms": delay_ms} if delay_ms else {}
+    reg.register("embedder", "embed", write_tiny_artifact(src / "e1", "tiny-embed", dim=TINY_DIM, **knobs),
+                 version="1", actor="bench")
+    reg.register("classifier", "classify",
+                 write_tiny_artifact(src / "c1", "tiny-classify", labels=["a", "b", "c"], **knobs),
+                 version="1", actor="bench")
+    for name in ("embedder", "classifier"):
+        reg.promote(name, "1", actor="bench")
+    return Home(path, _bench_key(settings), real=False)
+
+
+def real_home(path: Path, *, fresh: bool = False, say=print) -> Home:
+    """The reference models' home under `path`, built by `tandem init` unless a previous run left one."""
+    from orchestration.bootstrap import init_home
+
+    if fresh or not (path / _READY).exists():
+        if path.exists():
+            shutil.rmtree(path)
+        say(f"building the reference models' home in {path} (tandem init, once)")
+        init_home(TandemSettings(home=path), corpus_size=600, say=lambda m: say(f"  {m}"))
+        (path / _READY).write_text("ok\n")
+    return Home(path, _bench_key(TandemSettings(home=path)), real=True)
+
+
+def _bench_key(settings: TandemSettings) -> str:
+    """A key of the `bench` tenant, created without rate limit or quota (a new key on reused homes)."""
+    from online.gateway.tenants import TenantStore
+
+    store = TenantStore(settings.tenants_file)
+    if any(t.id == BENCH_TENANT for t in store.list()):
+        return store.rotate_key(BENCH_TENANT)
+    _, key = store.create(BENCH_TENANT, scopes={"predict"}, rate_per_s=1e9, burst=1_000_000_000)
+    return key

@@ -1,0 +1,210 @@
+"""The online cases: each compares two serving set-ups under the same load, back to back.
+
+    serve     gateway -> MiniLM server at 32 and 64 clients  ÷  raw in-process predict_batch (batches of 32)
+    overhead  latency through the gateway  ÷  direct to the model server (tiny model), 1 and 32 clients
+    batching  model server with dynamic batching  ÷  the same server with max_batch_size=1, 32 clients
+    naive     Tandem's gateway  ÷  a plain FastAPI app calling the model once per request, 32 clients
+    workflow  `enrich` latency  ÷  the sum of its two steps' latencies called one after another
+    cache     throughput on repeated inputs  ÷  on fresh inputs, 32 clients
+    logging   throughput with the prediction log on  ÷  off, 32 clients
+
+Every load run posts distinct 15-25-word texts (except the cache case's repeated side).
+"""
+
+from __future__ import annotations
+
+from bench._lab import Lab, alternate
+from bench._report import CaseResult, median, new_result, paired_ratio
+from models.schemas import EmbedIn
+
+_RAW_BATCH = 32  # the model server's default max_batch_size
+
+NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "overhead": ("tiny", ("server-embedder", "gateway")),
+    "serve": ("main", ("server-embedder", "gateway")),
+    "batching": ("main", ("server-embedder", "server-embedder-unbatched")),
+    "naive": ("main", ("server-embedder", "gateway", "naive-app")),
+    "workflow": ("main", ("server-embedder", "server-classifier", "gateway")),
+    "cache": ("main", ("server-embedder", "gateway")),
+    "logging": ("main", ("server-embedder", "gateway", "gateway-nolog")),
+}
+"""The home and the processes each case uses; a run starts those of all its cases at once."""
+
+
+def _rps(runs: list[dict]) -> list[float]:
+    return [r["rps"] for r in runs]
+
+
+def _p(runs: list[dict], key: str) -> list[float]:
+    return [r[key] for r in runs]
+
+
+def _check(result: CaseResult, **runs: list[dict]) -> None:
+    """Notes for anything that would make a figure misleading: errors, repeated bodies, a busy load generator."""
+    for name, rs in runs.items():
+        if errors := sum(r["errors"] for r in rs):
+            result.notes.append(f"{name}: {errors} failed requests (non-2xx, socket errors or timeouts)")
+        if any(r["repeated_bodies"] for r in rs) and name != "repeated":
+            result.notes.append(f"{name}: the list of distinct bodies ran out; some inputs repeated")
+        worst = max(r["loadgen_cpu_cores"] for r in rs)
+        if worst > 0.05:
+            result.notes.append(f"{name}: the load generator used up to {worst:.2f} cores")
+    result.raw["loadgen"] = {name: max(r["loadgen_cpu_cores"] for r in rs) for name, rs in runs.items()}
+    other = max(r["other_cpu_cores"] for rs in runs.values() for r in rs)
+    if other > 0.25:
+        result.notes.append(f"other processes on the machine used up to {other:.2f} cores during a load run")
+
+
+def serve(lab: Lab) -> CaseResult:
+    res = new_result("serve")
+    procs = lab.need("main", "server-embedder", "gateway")
+    ep = lab.endpoint("main", procs["gateway"], "embedder")
+    op = lab.op("main", "embedder")
+    n_raw = 128 if lab.config.quick else 512
+
+    def raw() -> float:
+        inputs = [EmbedIn(text=t) for t in lab.texts.take(n_raw)]
+        _, wall, other = lab.in_process(lambda: [op.predict_batch(inputs[i:i + _RAW_BATCH])
+                                                 for i in range(0, n_raw, _RAW_BATCH)])
+        others.append(other)
+        return n_raw / wall
+
+    others: list[float] = []
+
+    raw()
+    lab.warm(ep, 64)
+    raws, c32, c64 = alternate(lab.config.reps, raw, lambda: lab.hit(ep, 32), lambda: lab.hit(ep, 64))
+    r32, r64 = paired_ratio(_rps(c32), raws), paired_ratio(_rps(c64), raws)
+    res.ratio = min(r32, r64)
+    res.raw = {"raw_texts_per_s": raws, "raw_other_cpu_cores": others, "raw_batch_size": _RAW_BATCH, "gateway_c32": c32, "gateway_c64": c64,
+               "ratio_c32": r32, "ratio_c64": r64, "ratio_is": "the lower of ratio_c32 and ratio_c64"}
+    res.summary = (f"raw {median(raws):.0f} texts/s; gateway {median(_rps(c32)):.0f} req/s @32 "
+                   f"({r32:.2f}), {median(_rps(c64)):.0f} @64 ({r64:.2f})")
+    _check(res, c32=c32, c64=c64)
+    return res
+
+
+def overhead(lab: Lab) -> CaseResult:
+    res = new_result("overhead")
+    procs = lab.need("tiny", "server-embedder", "gateway")
+    direct = lab.endpoint("tiny", procs["server-embedder"], "server")
+    via = lab.endpoint("tiny", procs["gateway"], "embedder")
+    # 1 client: rounds of (direct, gateway), each call right after the other.
+    if lab.config.warmup_s:
+        lab.rounds([direct, via], lab.config.warmup_s)
+    one = lab.rounds([direct, via], lab.config.reps * lab.config.duration_s)
+    pairs = one.pop("rounds")
+    d1, g1 = [r[0] for r in pairs], [r[1] for r in pairs]
+    ratios = {"p50_c1": _pcts(g1)["p50"] / _pcts(d1)["p50"], "p99_c1": _pcts(g1)["p99"] / _pcts(d1)["p99"]}
+    res.raw = {"c1": {**one, "direct_ms": _pcts(d1), "gateway_ms": _pcts(g1), "rounds": len(d1)}}
+    # 32 clients: wrk runs, alternating.
+    lab.warm(direct, 32)
+    lab.warm(via, 32)
+    d, g = alternate(lab.config.reps, lambda: lab.hit(direct, 32), lambda: lab.hit(via, 32))
+    for q in ("p50", "p99"):
+        ratios[f"{q}_c32"] = paired_ratio(_p(g, f"lat_{q}_ms"), _p(d, f"lat_{q}_ms"))
+    res.raw |= {"direct_c32": d, "gateway_c32": g}
+    _check(res, direct_c32=d, gateway_c32=g)
+    if one["other_cpu_cores"] > 0.25:
+        res.notes.append(f"other processes on the machine used {one['other_cpu_cores']:.2f} cores during the 1-client rounds")
+    res.ratio = max(ratios["p50_c1"], ratios["p50_c32"])
+    res.raw |= {"ratios": ratios, "ratio_is": "the higher of the p50 ratios at 1 and 32 clients"}
+    res.summary = (f"@1: p50 {_pcts(d1)['p50']:.2f}→{_pcts(g1)['p50']:.2f} ms, p99 {_pcts(d1)['p99']:.2f}→"
+                   f"{_pcts(g1)['p99']:.2f} ms; @32: p50 {median(_p(d, 'lat_p50_ms')):.1f}→"
+                   f"{median(_p(g, 'lat_p50_ms')):.1f} ms, p99 {median(_p(d, 'lat_p99_ms')):.0f}→"
+                   f"{median(_p(g, 'lat_p99_ms')):.0f} ms (p50 ratios {ratios['p50_c1']:.2f}, {ratios['p50_c32']:.2f})")
+    return res
+
+
+def batching(lab: Lab) -> CaseResult:
+    res = new_result("batching")
+    procs = lab.need("main", "server-embedder", "server-embedder-unbatched")
+    batched = lab.endpoint("main", procs["server-embedder"], "server")
+    single = lab.endpoint("main", procs["server-embedder-unbatched"], "server")
+    lab.warm(batched, 32)
+    lab.warm(single, 32)
+    b, s = alternate(lab.config.reps, lambda: lab.hit(batched, 32), lambda: lab.hit(single, 32))
+    res.ratio = paired_ratio(_rps(b), _rps(s))
+    res.raw = {"batched": b, "unbatched": s}
+    res.summary = f"{median(_rps(b)):.0f} vs {median(_rps(s)):.0f} req/s"
+    _check(res, batched=b, unbatched=s)
+    return res
+
+
+def naive(lab: Lab) -> CaseResult:
+    res = new_result("naive")
+    procs = lab.need("main", "server-embedder", "gateway", "naive-app")
+    tandem = lab.endpoint("main", procs["gateway"], "embedder")
+    plain = lab.endpoint("main", procs["naive-app"], "server")
+    lab.warm(tandem, 32)
+    lab.warm(plain, 32)
+    t, p = alternate(lab.config.reps, lambda: lab.hit(tandem, 32), lambda: lab.hit(plain, 32))
+    res.ratio = paired_ratio(_rps(t), _rps(p))
+    res.raw = {"tandem": t, "naive": p}
+    res.summary = (f"{median(_rps(t)):.0f} vs {median(_rps(p)):.0f} req/s; p99 {median(_p(t, 'lat_p99_ms')):.0f} "
+                   f"vs {median(_p(p, 'lat_p99_ms')):.0f} ms")
+    _check(res, tandem=t, naive=p)
+    return res
+
+
+def workflow(lab: Lab) -> CaseResult:
+    res = new_result("workflow")
+    procs = lab.need("main", "server-embedder", "server-classifier", "gateway")
+    gw = procs["gateway"]
+    eps = [lab.endpoint("main", gw, "workflow:enrich"), lab.endpoint("main", gw, "embedder"),
+           lab.endpoint("main", gw, "classifier")]
+    if lab.config.warmup_s:
+        lab.rounds(eps, lab.config.warmup_s)
+    # One client, round after round: enrich(a), then embed(b) and classify(c) one after another,
+    # three different texts so nothing is cached; each round is one paired measurement.
+    run = lab.rounds(eps, lab.config.reps * lab.config.duration_s)
+    rounds = run.pop("rounds")
+    enrich, embed, classify = [r[0] for r in rounds], [r[1] for r in rounds], [r[2] for r in rounds]
+    seq = [b + c for b, c in zip(embed, classify)]
+    res.ratio = median([a / s for a, s in zip(enrich, seq)])
+    res.raw = {"rounds": len(rounds), **run, "enrich_ms": _pcts(enrich), "embed_ms": _pcts(embed),
+               "classify_ms": _pcts(classify), "sequential_ms": _pcts(seq),
+               "ratio_of_p50s": median(enrich) / median(seq), "ratio_is": "median over rounds of enrich / (embed + classify)"}
+    res.summary = (f"enrich p50 {median(enrich):.1f} ms vs embed {median(embed):.1f} + classify "
+                   f"{median(classify):.1f} ms ({len(rounds)} rounds)")
+    if run["errors"]:
+        res.notes.append(f"{run['errors']} calls failed")
+    if run["other_cpu_cores"] > 0.25:
+        res.notes.append(f"other processes on the machine used {run['other_cpu_cores']:.2f} cores meanwhile")
+    return res
+
+
+def _pcts(ms: list[float]) -> dict:
+    ordered = sorted(ms)
+    return {"p50": median(ordered), "p90": ordered[int(0.9 * (len(ordered) - 1))],
+            "p99": ordered[int(0.99 * (len(ordered) - 1))], "mean": sum(ordered) / len(ordered)}
+
+
+def cache(lab: Lab) -> CaseResult:
+    res = new_result("cache")
+    procs = lab.need("main", "server-embedder", "gateway")
+    ep = lab.endpoint("main", procs["gateway"], "embedder")
+    repeated_bodies = lab.bodies(ep, 64)
+    lab.hit(ep, 8, max(lab.config.warmup_s, 1.0), bodies=repeated_bodies)  # caches the repeated inputs
+    lab.warm(ep, 32)
+    hot, fresh = alternate(lab.config.reps, lambda: lab.hit(ep, 32, bodies=repeated_bodies), lambda: lab.hit(ep, 32))
+    res.ratio = paired_ratio(_rps(hot), _rps(fresh))
+    res.raw = {"repeated": hot, "fresh": fresh, "distinct_repeated_inputs": len(repeated_bodies)}
+    res.summary = f"{median(_rps(hot)):.0f} vs {median(_rps(fresh)):.0f} req/s"
+    _check(res, repeated=hot, fresh=fresh)
+    return res
+
+
+def logging(lab: Lab) -> CaseResult:
+    res = new_result("logging")
+    procs = lab.need("main", "server-embedder", "gateway", "gateway-nolog")
+    on = lab.endpoint("main", procs["gateway"], "embedder")
+    off = lab.endpoint("main", procs["gateway-nolog"], "embedder")
+    lab.warm(on, 32)
+    lab.warm(off, 32)
+    a, b = alternate(lab.config.reps, lambda: lab.hit(on, 32), lambda: lab.hit(off, 32))
+    res.ratio = paired_ratio(_rps(a), _rps(b))
+    res.raw = {"log_on": a, "log_off": b}
+    res.summary = f"{median(_rps(a)):.0f} vs {median(_rps(b)):.0f} req/s"
+    _check(res, log_on=a, log_off=b)
+    return res
