@@ -208,7 +208,7 @@ class Lab:
                  for ep in eps}
         rounds: list[list[float]] = []
         errors = 0
-        busy, cpu, t0 = machine_busy(), time.process_time(), time.perf_counter()
+        mine, busy, cpu, t0 = self.cpu_snapshot(), machine_busy(), time.process_time(), time.perf_counter()
         try:
             while time.perf_counter() - t0 < duration_s:
                 texts = self.texts.take(len(eps))
@@ -229,8 +229,10 @@ class Lab:
                 conn.close()
         wall = time.perf_counter() - t0
         client = (time.process_time() - cpu) / wall
+        servers = (sum(self.cpu_snapshot().values()) - sum(mine.values())) / wall
         return {"rounds": rounds, "errors": errors, "loadgen_cpu_cores": round(client, 3),
-                "other_cpu_cores": round(max(0.0, (machine_busy() - busy) / wall - client), 3)}
+                "cpu_cores": round(servers, 3),
+                "other_cpu_cores": round(max(0.0, (machine_busy() - busy) / wall - client - servers), 3)}
 
     def warm(self, ep: Endpoint, connections: int) -> None:
         if self.config.warmup_s > 0:
