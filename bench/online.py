@@ -47,7 +47,7 @@ def _check(result: CaseResult, **runs: list[dict]) -> None:
         if any(r["repeated_bodies"] for r in rs) and name != "repeated":
             result.notes.append(f"{name}: the list of distinct bodies ran out; some inputs repeated")
         worst = max(r["loadgen_cpu_cores"] for r in rs)
-        if worst > 0.05:
+        if worst > 0.1:
             result.notes.append(f"{name}: the load generator used up to {worst:.2f} cores")
     result.raw["loadgen"] = {name: max(r["loadgen_cpu_cores"] for r in rs) for name, rs in runs.items()}
     other = max(r["other_cpu_cores"] for rs in runs.values() for r in rs)
