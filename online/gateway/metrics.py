@@ -36,6 +36,10 @@ class GatewayMetrics:
         self.log_depth = Gauge("tandem_log_buffer_depth", "Prediction-log rows waiting to be written.", registry=r)
         self.log_dropped = Gauge("tandem_log_dropped_rows", "Prediction-log rows dropped (buffer full).", registry=r)
         self.shadow = Counter("tandem_shadow_calls_total", "Shadow calls by outcome.", ["model", "result"], registry=r)
+        self.model_calls = Histogram(
+            "tandem_model_call_requests", "Gateway requests merged into one model-server call.", ["endpoint"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r,
+        )
         self.registry_version = Gauge(
             "tandem_registry_refresh_timestamp", "When the registry state was last refreshed.", registry=r
         )

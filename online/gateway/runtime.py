@@ -96,7 +96,10 @@ class Runtime:
         self._appender = None
         self.tasks: dict[str, str] = {}
         self.versions: dict[str, set[str]] = {}
-        self.client = client or ModelClient()
+        self.client = client or ModelClient(
+            coalesce=gateway.coalesce, max_batch_instances=gateway.coalesce_max_instances,
+            window_s=gateway.coalesce_window_ms / 1000,
+            observe=lambda url, requests, _inputs: self.metrics.model_calls.labels(url).observe(requests))
         self.breakers = BreakerBoard(failure_threshold=gateway.breaker_failures,
                                      reset_timeout_s=gateway.breaker_reset_s)
         self.cache = PredictionCache(max_entries=gateway.cache_max_entries, max_bytes=gateway.cache_max_bytes,

@@ -26,5 +26,9 @@ class GatewaySettings(BaseSettings):
     log_flush_rows: int = 2000
     log_flush_s: float = 1.0
     shadow_concurrency: int = 8
+    coalesce: bool = Field(default=True, description="Merge concurrent calls for one model version into one.")
+    coalesce_max_instances: int = Field(default=64, ge=1, description="Most inputs in one merged call.")
+    coalesce_window_ms: float = Field(
+        default=2.0, ge=0, description="Under load, how long a merged call waits for the rest of its wave.")
     breaker_failures: int = 5
     breaker_reset_s: float = 5.0

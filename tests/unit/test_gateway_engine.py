@@ -1,12 +1,10 @@
-"""The workflow engine against fake model servers (httpx MockTransport): no network, no models."""
+"""The workflow engine against fake model servers (a fake transport): no network, no models."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
-import httpx
 import pytest
 
 from models._registry_state import AliasState
@@ -14,7 +12,7 @@ from models.testing import hash_vector
 from models.workflows import RetryPolicy, load_workflows
 from online.gateway.breaker import BreakerBoard
 from online.gateway.cache import PredictionCache
-from online.gateway.client import ModelClient
+from online.gateway.client import EndpointUnreachable, ModelClient, ModelReply, RetryableCallError
 from online.gateway.engine import RequestContext, WorkflowEngine
 from online.gateway.metrics import GatewayMetrics
 from online.gateway.problems import DeadlineExceeded, ServiceUnavailable
@@ -42,25 +40,30 @@ class FakeServers:
         self.fail_first: dict[str, int] = {}
         self.calls: list[tuple[str, str, float, float]] = []  # model, version, start, end
 
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        model = request.url.host
-        body = json.loads(request.content)
+    async def send(self, base_url: str, version: str, inputs: list[dict], *, timeout_s: float,
+                   headers=None) -> ModelReply:
+        model = base_url.removeprefix("http://")
         start = time.perf_counter()
         if model in self.down:
-            raise httpx.ConnectError("connection refused", request=request)
+            raise EndpointUnreachable(f"{base_url} is unreachable: ConnectionRefusedError")
         if self.fail_first.get(model, 0) > 0:
             self.fail_first[model] -= 1
-            return httpx.Response(500, json={"detail": "boom"})
+            raise RetryableCallError(f"{base_url} answered 500: boom", status=500)
         await asyncio.sleep(self.delay_s)
-        self.calls.append((model, body["version"], start, time.perf_counter()))
-        outputs = [fake_output(model, body["version"], inp) for inp in body["inputs"]]
-        return httpx.Response(200, json={"version": body["version"], "outputs": outputs})
+        self.calls.append((model, version, start, time.perf_counter()))
+        return ModelReply(version, [fake_output(model, version, inp) for inp in inputs])
+
+    async def health(self, base_url: str, timeout_s: float = 1.0) -> bool:
+        return base_url.removeprefix("http://") not in self.down
+
+    async def aclose(self) -> None:
+        pass
 
 
 def make_engine(fake: FakeServers, states: dict | None = None, **kw) -> WorkflowEngine:
     states = states or {m: AliasState(name=m, stable="1") for m in SERVERS}
     return WorkflowEngine(
-        client=ModelClient(transport=httpx.MockTransport(fake)), servers=lambda: SERVERS,
+        client=ModelClient(fake), servers=lambda: SERVERS,
         states=lambda: states, router=Router(), cache=PredictionCache(), log=None,
         breakers=BreakerBoard(failure_threshold=3, reset_timeout_s=60), metrics=GatewayMetrics(),
         rng=lambda: 0.0, **kw,
