@@ -151,10 +151,19 @@ class PredictionLog:
         """Write everything buffered now, batch by batch; False (rows kept) if a write failed."""
         return await self._flush(min_rows=1)
 
-    async def _flush(self, min_rows: int) -> bool:
-        while len(self._buffer) >= min_rows:
+    async def _flush(self, min_rows: int, *, drain: bool = True) -> bool:
+        """Write batches while at least `min_rows` are buffered.
+
+        With `drain=False` only the rows buffered when it starts are written: rows logged during a
+        slow write wait for the next flush instead of chasing the tail with a commit per write.
+        """
+        budget = None if drain else len(self._buffer)
+        while len(self._buffer) >= min_rows and (budget is None or budget > 0):
+            n = min(self.max_rows, len(self._buffer))
             if not await self._write_batch():
                 return False
+            if budget is not None:
+                budget -= n
         return True
 
     async def _write_batch(self) -> bool:
@@ -191,7 +200,7 @@ class PredictionLog:
                 return  # stop() drains
             timed = failures > 0 or loop.time() >= due
             # Woken by a full batch: write only full batches, so the table gets fewer, larger files.
-            ok = await self._flush(min_rows=1 if timed else self.max_rows)
+            ok = await self._flush(min_rows=1 if timed else self.max_rows, drain=False)
             failures = 0 if ok else failures + 1
             if timed and ok:
                 due = loop.time() + self.flush_interval_s

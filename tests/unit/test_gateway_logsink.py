@@ -83,6 +83,30 @@ def test_flush_by_time_writes_a_partial_batch():
     run(main())
 
 
+def test_a_timed_flush_writes_what_was_buffered_not_rows_logged_during_its_write():
+    class SlowWriter(Writer):
+        def __call__(self, rows):
+            super().__call__(rows)
+            threading.Event().wait(0.05)
+
+    async def main():
+        w = SlowWriter()
+        sink = PredictionLog(w, max_rows=1000, flush_interval_s=0.3)
+        sink.start()
+        started = asyncio.get_running_loop().time()
+        i = 0
+        while asyncio.get_running_loop().time() - started < 1.0:  # steady traffic for about 3 intervals
+            sink.log({"i": i})
+            i += 1
+            await asyncio.sleep(0.002)
+        await sink.stop()
+        assert w.rows == rows(i)
+        # one commit per interval (plus the final drain), not one per slow write
+        assert len(w.batches) <= 5, [len(b) for b in w.batches]
+
+    run(main())
+
+
 def test_the_writer_runs_off_the_event_loop_thread():
     async def main():
         w = Writer()
