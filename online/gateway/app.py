@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from contextlib import asynccontextmanager
 
 import orjson
 from fastapi import FastAPI
 
 from models.settings import TandemSettings
+from online.gateway.fastpath import FastPath
 from online.gateway.problems import PayloadTooLarge, install_problem_handlers, problem_response
 from online.gateway.routes import admin, jobs, models, ops, workflows
 from online.gateway.runtime import Runtime
 from online.gateway.settings import GatewaySettings
+from online.gateway.tracing import new_id
 
 access_log = logging.getLogger("tandem.gateway.access")
 
@@ -27,11 +28,12 @@ Authenticate with `Authorization: Bearer <key>` (or `X-API-Key`). Errors are
 
 
 class _EdgeMiddleware:
-    """Request ids, the body-size limit (413), one JSON access-log line and request metrics per call."""
+    """Request ids, the body-size limit (413), the fast path, one JSON access-log line and request metrics per call."""
 
-    def __init__(self, app, runtime_ref: dict):
+    def __init__(self, app, runtime_ref: dict, fast_path: FastPath | None = None):
         self.app = app
         self.runtime_ref = runtime_ref
+        self.fast_path = fast_path
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -39,7 +41,7 @@ class _EdgeMiddleware:
         runtime: Runtime = self.runtime_ref["runtime"]
         limit = runtime.gateway.max_job_body_bytes if scope["path"] == "/v1/jobs" else runtime.gateway.max_body_bytes
         headers = dict(scope["headers"])
-        request_id = (headers.get(b"x-request-id") or b"").decode()[:128] or uuid.uuid4().hex
+        request_id = (headers.get(b"x-request-id") or b"").decode()[:128] or new_id()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         started = time.perf_counter()
@@ -70,7 +72,12 @@ class _EdgeMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, send_with_id)
+            fast = self.fast_path
+            matched = fast.match(scope) if fast is not None else None
+            if matched is not None:
+                await fast.serve(*matched, scope, limited_receive, send_with_id, headers, request_id)
+            else:
+                await self.app(scope, limited_receive, send_with_id)
         finally:
             self._record(scope, state, status["code"], started, runtime)
 
@@ -118,5 +125,6 @@ def create_app(
     install_problem_handlers(app)
     for module in (workflows, models, jobs, admin, ops):
         app.include_router(module.router)
-    app.add_middleware(_EdgeMiddleware, runtime_ref=ref)
+    fast_path = FastPath(runtime) if runtime.gateway.fast_path else None
+    app.add_middleware(_EdgeMiddleware, runtime_ref=ref, fast_path=fast_path)
     return app

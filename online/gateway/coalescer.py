@@ -172,7 +172,7 @@ class Coalescer:
             for m in members:
                 _settle(m, exc=_copy(exc))
             return
-        except Exception as exc:  # noqa: BLE001 — an unexpected transport failure reaches the callers
+        except Exception as exc:
             logger.exception("model call to %s failed unexpectedly", lane.base_url)
             for m in members:
                 _settle(m, exc=RetryableCallError(f"{lane.base_url}: {type(exc).__name__}: {exc}"))

@@ -6,7 +6,7 @@ hop on every request.
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -15,7 +15,7 @@ from fastapi import Depends, Header, Request
 from online.gateway.problems import InvalidInput
 from online.gateway.runtime import Runtime
 from online.gateway.tenants import Tenant
-from online.gateway.tracing import parse_traceparent
+from online.gateway.tracing import new_id, parse_traceparent
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -44,6 +44,15 @@ def _key_from_headers(authorization: str | None, api_key: str | None) -> str | N
     return None
 
 
+def resolve_caller(runtime: Runtime, headers: Mapping[str, str], request_id: str) -> Caller:
+    """The caller of a request from its (lower-case) headers: 401 for a bad key, 429 over the rate limit."""
+    tenant = runtime.tenants.authenticate(_key_from_headers(headers.get("authorization"), headers.get("x-api-key")))
+    runtime.limiter.check(tenant)
+    trace_id, parent = parse_traceparent(headers.get("traceparent"))
+    return Caller(tenant=tenant, request_id=request_id, trace_id=trace_id, traceparent=parent,
+                  routing_key=f"{tenant.id}:{headers.get('x-routing-key') or request_id}")
+
+
 async def authenticate(
     request: Request,
     runtime: RuntimeDep,
@@ -54,15 +63,14 @@ async def authenticate(
     traceparent: Annotated[str | None, Header()] = None,
 ) -> Caller:
     """Resolve the API key to a tenant and apply its rate limit (429 with Retry-After)."""
-    tenant = runtime.tenants.authenticate(_key_from_headers(authorization, x_api_key))
-    runtime.limiter.check(tenant)
     request_id = request.state.request_id if hasattr(request.state, "request_id") else (
-        x_request_id or uuid.uuid4().hex)
-    trace_id, parent = parse_traceparent(traceparent)
-    request.state.tenant = tenant.id
-    request.state.trace_id = trace_id
-    return Caller(tenant=tenant, request_id=request_id, trace_id=trace_id, traceparent=parent,
-                  routing_key=f"{tenant.id}:{x_routing_key or request_id}")
+        x_request_id or new_id())
+    headers = {"authorization": authorization, "x-api-key": x_api_key, "x-routing-key": x_routing_key,
+               "traceparent": traceparent}
+    caller = resolve_caller(runtime, {k: v for k, v in headers.items() if v is not None}, request_id)
+    request.state.tenant = caller.tenant.id
+    request.state.trace_id = caller.trace_id
+    return caller
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
@@ -82,21 +90,26 @@ PredictCaller = Annotated[Caller, Depends(scoped("predict"))]
 AdminCaller = Annotated[Caller, Depends(scoped("admin"))]
 
 
+def parse_deadline(runtime: Runtime, value: str | None) -> int | None:
+    """The caller's `X-Deadline-Ms` bounded by the gateway's maximum; 422 unless a positive integer."""
+    if value is None:
+        return None
+    try:
+        ms = int(value)
+    except ValueError:
+        ms = 0
+    if ms <= 0:
+        raise InvalidInput([{"field": "header.X-Deadline-Ms",
+                             "message": "must be a positive whole number of milliseconds, e.g. 2000"}])
+    return min(ms, runtime.gateway.max_deadline_ms)
+
+
 async def deadline_ms(
     runtime: RuntimeDep,
     x_deadline_ms: Annotated[str | None, Header(description="Request deadline in milliseconds.")] = None,
 ) -> int | None:
     """The caller's deadline from `X-Deadline-Ms`, bounded by the gateway's maximum."""
-    if x_deadline_ms is None:
-        return None
-    try:
-        value = int(x_deadline_ms)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise InvalidInput([{"field": "header.X-Deadline-Ms",
-                             "message": "must be a positive whole number of milliseconds, e.g. 2000"}])
-    return min(value, runtime.gateway.max_deadline_ms)
+    return parse_deadline(runtime, x_deadline_ms)
 
 
 DeadlineDep = Annotated[int | None, Depends(deadline_ms)]

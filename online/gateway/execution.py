@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -18,6 +19,16 @@ from online.gateway.problems import InvalidInput
 from online.gateway.runtime import Runtime
 
 JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One authenticated prediction request, however it arrived (FastAPI route or the fast path)."""
+
+    runtime: Runtime
+    caller: Caller
+    deadline_ms: int | None
+    idempotency_key: str | None
 
 
 def validate(model: type[BaseModel], data: Any, where: str) -> dict:

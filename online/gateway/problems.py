@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -31,6 +30,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+
+from online.gateway.tracing import new_id
 
 __all__ = [
     "PROBLEM_MEDIA_TYPE",
@@ -213,7 +214,7 @@ def _request_id(request: Request) -> str:
     """The id the request middleware assigned, else the caller's X-Request-ID, else a new one."""
     rid = getattr(request.state, "request_id", None) or request.headers.get("x-request-id")
     if not rid:
-        rid = uuid.uuid4().hex
+        rid = new_id()
         request.state.request_id = rid
     return str(rid)[:128]
 

@@ -26,6 +26,7 @@ class GatewaySettings(BaseSettings):
     log_flush_rows: int = 2000
     log_flush_s: float = 1.0
     shadow_concurrency: int = 8
+    fast_path: bool = Field(default=True, description="Serve the prediction routes without FastAPI's per-request machinery.")
     coalesce: bool = Field(default=True, description="Merge concurrent calls for one model version into one.")
     coalesce_max_instances: int = Field(default=64, ge=1, description="Most inputs in one merged call.")
     coalesce_window_ms: float = Field(

@@ -7,12 +7,22 @@ child `traceparent` (same trace, new span id). No span exporter is configured ye
 
 from __future__ import annotations
 
-import secrets
+import os
+import random
 
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+
+
+_ids = random.Random()  # ids must be unique, not secret: no syscall per id (os.urandom) on the hot path
+os.register_at_fork(after_in_child=_ids.seed)  # a forked worker must not repeat its parent's ids
+
+
+def new_id(bits: int = 128) -> str:
+    """A random hex id of `bits` bits (request, trace and span ids)."""
+    return format(_ids.getrandbits(bits), f"0{bits // 4}x")
 
 
 def parse_traceparent(header: str | None) -> tuple[str, str]:
@@ -23,8 +33,8 @@ def parse_traceparent(header: str | None) -> tuple[str, str]:
         if span_ctx.is_valid:
             trace_id = format(span_ctx.trace_id, "032x")
             return trace_id, f"00-{trace_id}-{format(span_ctx.span_id, '016x')}-{int(span_ctx.trace_flags):02x}"
-    trace_id = secrets.token_hex(16)
-    return trace_id, f"00-{trace_id}-{secrets.token_hex(8)}-01"
+    trace_id = new_id()
+    return trace_id, f"00-{trace_id}-{new_id(64)}-01"
 
 
 def child_traceparent(traceparent: str) -> str:
@@ -32,4 +42,4 @@ def child_traceparent(traceparent: str) -> str:
     parts = traceparent.split("-")
     if len(parts) != 4:
         return traceparent
-    return f"{parts[0]}-{parts[1]}-{secrets.token_hex(8)}-{parts[3]}"
+    return f"{parts[0]}-{parts[1]}-{new_id(64)}-{parts[3]}"

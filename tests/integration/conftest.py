@@ -95,9 +95,9 @@ def model_server(env: dict, home: Path, name: str, versions: str, port: int | No
                 env, f"http://127.0.0.1:{port}/health")
 
 
-def gateway(env: dict, home: Path, port: int | None = None) -> Proc:
+def gateway(env: dict, home: Path, port: int | None = None, name: str = "gateway") -> Proc:
     port = port or free_port()
-    return Proc("gateway", [sys.executable, "-m", "online.gateway", "--home", str(home), "--port", str(port)],
+    return Proc(name, [sys.executable, "-m", "online.gateway", "--home", str(home), "--port", str(port)],
                 env, f"http://127.0.0.1:{port}/healthz")
 
 

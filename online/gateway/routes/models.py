@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import base64
 import time
-import uuid
 
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from models.schemas import get_task
 from models.workflows import RetryPolicy
@@ -22,7 +21,7 @@ from online.gateway.api_models import (
 )
 from online.gateway.deps import Caller, DeadlineDep, IdempotencyKey, PredictCaller, RuntimeDep
 from online.gateway.engine import StepReport
-from online.gateway.execution import metadata, request_context, respond, validate
+from online.gateway.execution import Call, metadata, request_context, respond, validate
 from online.gateway.problems import InvalidInput, PayloadTooLarge
 from online.gateway.runtime import Runtime
 
@@ -51,26 +50,21 @@ def _split_model(ref: str) -> tuple[str, str | None]:
     return name, version or None
 
 
-@router.post("/v1/models/{name}/predict", response_model=PredictResponse, responses=_ERRORS,
-             summary="Predict with one model")
-async def predict(name: str, body: PredictRequest, caller: PredictCaller, runtime: RuntimeDep,
-                  deadline: DeadlineDep, idempotency_key: IdempotencyKey = None) -> PredictResponse:
-    """Run one model over `instances` (each validated against the model's task schema)."""
+async def predict_core(call: Call, name: str, body: PredictRequest) -> Response:
+    runtime = call.runtime
     task = get_task(runtime.model_task(name))
     instances = [validate(task.input, inst, f"instances.{i}") for i, inst in enumerate(body.instances)]
 
     async def run() -> dict:
-        outputs, _, meta = await _call(runtime, caller, name, task.name, instances, body.version, deadline)
+        outputs, _, meta = await _call(runtime, call.caller, name, task.name, instances, body.version,
+                                       call.deadline_ms)
         return {"predictions": outputs, "metadata": meta}
 
-    return await respond(runtime, caller, idempotency_key, body, f"predict:{name}", run)
+    return await respond(runtime, call.caller, call.idempotency_key, body, f"predict:{name}", run)
 
 
-@router.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=_ERRORS,
-             summary="Create embeddings (OpenAI-compatible)")
-async def embeddings(body: EmbeddingsRequest, caller: PredictCaller, runtime: RuntimeDep,
-                     deadline: DeadlineDep, idempotency_key: IdempotencyKey = None) -> EmbeddingsResponse:
-    """Embed one text or a list of texts; works with the `openai` Python client."""
+async def embeddings_core(call: Call, body: EmbeddingsRequest) -> Response:
+    runtime = call.runtime
     name, version = _split_model(body.model)
     if runtime.model_task(name) != "embed":
         raise InvalidInput([{"field": "model", "message": f"{name!r} is not an embedding model; use e.g. 'embedder'"}])
@@ -81,7 +75,7 @@ async def embeddings(body: EmbeddingsRequest, caller: PredictCaller, runtime: Ru
     instances = [validate(task.input, {"text": t}, f"input.{i}") for i, t in enumerate(texts)]
 
     async def run() -> dict:
-        outputs, report, _ = await _call(runtime, caller, name, "embed", instances, version, deadline)
+        outputs, report, _ = await _call(runtime, call.caller, name, "embed", instances, version, call.deadline_ms)
         data = []
         for i, out in enumerate(outputs):
             vec = out["embedding"][: body.dimensions] if body.dimensions else out["embedding"]
@@ -92,13 +86,11 @@ async def embeddings(body: EmbeddingsRequest, caller: PredictCaller, runtime: Ru
         return {"object": "list", "data": data, "model": f"{name}@{report.version}",
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
-    return await respond(runtime, caller, idempotency_key, body, "embeddings", run)
+    return await respond(runtime, call.caller, call.idempotency_key, body, "embeddings", run)
 
 
-@router.post("/v1/rerank", response_model=RerankResponse, responses=_ERRORS, summary="Rerank documents")
-async def rerank(body: RerankRequest, caller: PredictCaller, runtime: RuntimeDep, deadline: DeadlineDep,
-                 idempotency_key: IdempotencyKey = None) -> RerankResponse:
-    """Order `documents` by relevance to `query`; returns the top `top_n` with scores."""
+async def rerank_core(call: Call, body: RerankRequest) -> Response:
+    runtime = call.runtime
     name, version = _split_model(body.model)
     if runtime.model_task(name) != "rerank":
         raise InvalidInput([{"field": "model", "message": f"{name!r} is not a reranker; use e.g. 'reranker'"}])
@@ -107,13 +99,40 @@ async def rerank(body: RerankRequest, caller: PredictCaller, runtime: RuntimeDep
                         "body")
 
     async def run() -> dict:
-        outputs, report, _ = await _call(runtime, caller, name, "rerank", [instance], version, deadline)
+        outputs, report, _ = await _call(runtime, call.caller, name, "rerank", [instance], version,
+                                         call.deadline_ms)
         results = [
             {"index": r["index"], "relevance_score": r["score"],
              **({"document": {"text": r["document"]}} if body.return_documents else {})}
             for r in outputs[0]["results"]
         ]
-        return {"id": caller.request_id or uuid.uuid4().hex, "model": f"{name}@{report.version}",
-                "results": results}
+        return {"id": call.caller.request_id, "model": f"{name}@{report.version}", "results": results}
 
-    return await respond(runtime, caller, idempotency_key, body, "rerank", run)
+    return await respond(runtime, call.caller, call.idempotency_key, body, "rerank", run)
+
+
+# The routes below document the API and serve it when the fast path (online.gateway.fastpath) is off;
+# both call the cores above.
+
+
+@router.post("/v1/models/{name}/predict", response_model=PredictResponse, responses=_ERRORS,
+             summary="Predict with one model")
+async def predict(name: str, body: PredictRequest, caller: PredictCaller, runtime: RuntimeDep,
+                  deadline: DeadlineDep, idempotency_key: IdempotencyKey = None) -> PredictResponse:
+    """Run one model over `instances` (each validated against the model's task schema)."""
+    return await predict_core(Call(runtime, caller, deadline, idempotency_key), name, body)
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=_ERRORS,
+             summary="Create embeddings (OpenAI-compatible)")
+async def embeddings(body: EmbeddingsRequest, caller: PredictCaller, runtime: RuntimeDep,
+                     deadline: DeadlineDep, idempotency_key: IdempotencyKey = None) -> EmbeddingsResponse:
+    """Embed one text or a list of texts; works with the `openai` Python client."""
+    return await embeddings_core(Call(runtime, caller, deadline, idempotency_key), body)
+
+
+@router.post("/v1/rerank", response_model=RerankResponse, responses=_ERRORS, summary="Rerank documents")
+async def rerank(body: RerankRequest, caller: PredictCaller, runtime: RuntimeDep, deadline: DeadlineDep,
+                 idempotency_key: IdempotencyKey = None) -> RerankResponse:
+    """Order `documents` by relevance to `query`; returns the top `top_n` with scores."""
+    return await rerank_core(Call(runtime, caller, deadline, idempotency_key), body)

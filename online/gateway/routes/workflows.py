@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from online.gateway.api_models import RunRequest, RunResponse, problem_responses
 from online.gateway.deps import CallerDep, DeadlineDep, IdempotencyKey, PredictCaller, RuntimeDep
-from online.gateway.execution import metadata, request_context, respond, validate
+from online.gateway.execution import Call, metadata, request_context, respond, validate
 
 router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
 
@@ -28,6 +28,21 @@ def get_workflow(name: str, caller: CallerDep, runtime: RuntimeDep) -> dict:
     return {**_describe(spec), "input_schema": spec.input_model().model_json_schema()}
 
 
+async def run_workflow_core(call: Call, name: str, body: RunRequest) -> Response:
+    runtime, caller = call.runtime, call.caller
+    spec = runtime.workflow(name)
+    caller.tenant.require_workflow(name)
+    payload = validate(spec.input_model(), {**body.input, **(body.params or {})}, "input")
+    ctx = request_context(runtime, caller, deadline_ms=call.deadline_ms, spec=spec, pins=body.model_versions)
+
+    async def run() -> dict:
+        started = time.perf_counter()
+        output, reports = await runtime.engine.run(spec, payload, ctx)
+        return {"output": output, "metadata": metadata(ctx, reports, started)}
+
+    return await respond(runtime, caller, call.idempotency_key, body, f"workflow:{name}", run)
+
+
 @router.post(
     "/{name}/run", response_model=RunResponse, summary="Run a workflow synchronously",
     responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 503, 504),
@@ -41,17 +56,7 @@ async def run_workflow(
     idempotency_key: IdempotencyKey = None,
 ) -> RunResponse:
     """Run every step of the workflow (independent steps in parallel) and return its output."""
-    spec = runtime.workflow(name)
-    caller.tenant.require_workflow(name)
-    payload = validate(spec.input_model(), {**body.input, **(body.params or {})}, "input")
-    ctx = request_context(runtime, caller, deadline_ms=deadline, spec=spec, pins=body.model_versions)
-
-    async def run() -> dict:
-        started = time.perf_counter()
-        output, reports = await runtime.engine.run(spec, payload, ctx)
-        return {"output": output, "metadata": metadata(ctx, reports, started)}
-
-    return await respond(runtime, caller, idempotency_key, body, f"workflow:{name}", run)
+    return await run_workflow_core(Call(runtime, caller, deadline, idempotency_key), name, body)
 
 
 def _describe(spec) -> dict:
