@@ -69,7 +69,7 @@ class ModelTransport(Protocol):
     """One call to a model server; `HttpTransport` is the real one, tests pass fakes."""
 
     async def send(self, base_url: str, version: str, inputs: list[dict], *, timeout_s: float,
-                   headers: Mapping[str, str] | None = None) -> ModelReply: ...
+                   headers: Mapping[str, str] | None = None, batched: bool = False) -> ModelReply: ...
 
     async def health(self, base_url: str, timeout_s: float = 1.0) -> bool: ...
 
@@ -92,8 +92,9 @@ class HttpTransport:
         return self._session
 
     async def send(self, base_url: str, version: str, inputs: list[dict], *, timeout_s: float,
-                   headers: Mapping[str, str] | None = None) -> ModelReply:
-        body = orjson.dumps({"version": version, "inputs": inputs})
+                   headers: Mapping[str, str] | None = None, batched: bool = False) -> ModelReply:
+        """One call; `batched` tells the server the inputs were batched here (it skips its batch window)."""
+        body = orjson.dumps({"version": version, "inputs": inputs, "batched": batched})
         # identity: compressing JSON on one side of a loopback/LAN hop only to inflate it on the other
         # costs CPU on both and saves nothing worth having.
         hdrs = {"content-type": "application/json", "accept-encoding": "identity", **(headers or {})}

@@ -72,7 +72,7 @@ class Coalescer:
         """Like `send`, but shares the HTTP call with other callers of the same lane."""
         if len(inputs) >= self.max_instances:  # a full batch already: nothing to gain by waiting
             self._note(base_url, 1, len(inputs))
-            return await self._send(base_url, version, inputs, timeout_s=timeout_s, headers=headers)
+            return await self._send(base_url, version, inputs, timeout_s=timeout_s, headers=headers, batched=True)
         loop = asyncio.get_running_loop()
         lane = self._lanes.get((base_url, version))
         if lane is None:
@@ -160,7 +160,8 @@ class Coalescer:
             headers["x-coalesced-requests"] = str(len(members))
         self._note(lane.base_url, len(members), len(inputs))
         try:
-            reply = await self._send(lane.base_url, lane.version, inputs, timeout_s=timeout_s, headers=headers)
+            reply = await self._send(lane.base_url, lane.version, inputs, timeout_s=timeout_s, headers=headers,
+                                     batched=True)
         except RejectedCall as exc:
             if len(members) == 1:
                 _settle(members[0], exc=exc)

@@ -1,6 +1,9 @@
 """The LitAPI of a model deployment: the `models/` op of every served version behind `POST /predict`.
 
-Request:  {"version": "2", "inputs": [<task input>, ...]}   (version optional: the default one)
+Request:  {"version": "2", "inputs": [<task input>, ...], "batched": false}
+          version optional (the default one); `batched: true` says the caller batched already
+          (the gateway's coalescer does): the batch starts without waiting out the batch window,
+          taking only what is queued by then.
 Response: {"model": "embedder", "version": "2", "outputs": [<task output>, ...]}
 
 A LitServe batch can hold requests for several versions: `predict` groups their instances by
@@ -220,6 +223,7 @@ def _request_model(task_name: str) -> type[BaseModel]:
         __config__=ConfigDict(extra="forbid"),
         version=(str | int | None, None),
         inputs=(list[task.input], Field(min_length=1, max_length=MAX_INPUTS_PER_REQUEST)),
+        batched=(bool, False),
     )
 
 
@@ -283,6 +287,11 @@ class _WorkerQueue:
     def get_nowait(self) -> Any:
         return self.get(block=False)
 
+    def holds_batched(self) -> bool:
+        """Whether the request held by `wait` says its caller batched already (`"batched": true`)."""
+        held = self._held
+        return type(held) is tuple and len(held) == 4 and isinstance(held[3], dict) and held[3].get("batched") is True
+
     def _seen(self, item: Any) -> Any:
         if type(item) is tuple and len(item) == 4 and isinstance(item[2], float):
             self._record(time.monotonic() - item[2])
@@ -297,7 +306,14 @@ class _TimedBatchedLoop(BatchedLoop):
     def get_batch_requests(self, lit_api, request_queue, transport):
         if not request_queue.wait(timeout=1.0):
             return [], []
-        return super().get_batch_requests(lit_api, request_queue, transport)
+        if not request_queue.holds_batched():
+            return super().get_batch_requests(lit_api, request_queue, transport)
+        # Batched upstream: waiting out the window would only add latency. Take what is queued now.
+        window, lit_api.batch_timeout = lit_api.batch_timeout, 0.0
+        try:
+            return super().get_batch_requests(lit_api, request_queue, transport)
+        finally:
+            lit_api.batch_timeout = window
 
 
 class _TimedSingleLoop(SingleLoop):

@@ -130,14 +130,8 @@ def _tiny_version(store: ArtifactStore, tmp: Path, version: str, **knobs) -> Ver
 def _spec(store: ArtifactStore, tmp: Path, **overrides) -> DeploymentSpec:
     # delay_ms makes each model call take a while, so concurrent requests pile up into batches.
     versions = [_tiny_version(store, tmp, v, salt=salt, delay_ms=15) for v, salt in SALTS.items()]
-    return DeploymentSpec(
-        model="emb",
-        task="embed",
-        versions=versions,
-        artifacts_root=store.root,
-        batch_timeout=0.01,
-        **overrides,
-    )
+    overrides.setdefault("batch_timeout", 0.01)
+    return DeploymentSpec(model="emb", task="embed", versions=versions, artifacts_root=store.root, **overrides)
 
 
 def _metric(text: str, name: str) -> list:
@@ -207,6 +201,24 @@ def test_concurrent_requests_get_their_own_versions_outputs(server: _Server) -> 
                 {"embedding": hash_vector(salt + text + "!", 8)},
             ],
         }
+
+
+def test_a_request_batched_by_its_caller_skips_the_batch_window(store: ArtifactStore, tmp: Path) -> None:
+    srv = _Server(_spec(store, tmp, batch_timeout=0.5), tmp, "long-window")
+    try:
+        srv.wait_healthy()
+
+        def timed(body: dict) -> float:
+            started = time.perf_counter()
+            resp = httpx.post(f"{srv.url}/predict", json=body, timeout=30)
+            assert resp.status_code == 200, resp.text
+            return time.perf_counter() - started
+
+        timed({"inputs": [{"text": "warm up"}], "batched": True})
+        assert timed({"inputs": [{"text": "lone"}]}) >= 0.5  # a lone request waits out the window
+        assert timed({"inputs": [{"text": "pre-batched"}], "batched": True}) < 0.4
+    finally:
+        srv.stop()
 
 
 def test_bad_input_is_422_naming_the_field(server: _Server) -> None:

@@ -21,7 +21,7 @@ class FakeSend:
         self.fail = fail
         self.calls: list[tuple[str, list[str], dict]] = []
 
-    async def __call__(self, base_url, version, inputs, *, timeout_s, headers=None) -> ModelReply:
+    async def __call__(self, base_url, version, inputs, *, timeout_s, headers=None, batched=False) -> ModelReply:
         self.calls.append((version, [i["text"] for i in inputs], dict(headers or {})))
         await asyncio.sleep(self.delay_s)
         if self.fail:

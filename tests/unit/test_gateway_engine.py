@@ -41,7 +41,7 @@ class FakeServers:
         self.calls: list[tuple[str, str, float, float]] = []  # model, version, start, end
 
     async def send(self, base_url: str, version: str, inputs: list[dict], *, timeout_s: float,
-                   headers=None) -> ModelReply:
+                   headers=None, batched: bool = False) -> ModelReply:
         model = base_url.removeprefix("http://")
         start = time.perf_counter()
         if model in self.down:
