@@ -22,6 +22,10 @@ from lakehouse.catalog import CATALOG, TableDef, get_table
 from lakehouse.errors import LakehouseError
 from lakehouse.sql import sql_literal
 
+_DUCKDB_TYPES = {"date32[day]": "DATE", "string": "VARCHAR", "large_string": "VARCHAR", "int32": "INTEGER",
+                 "int64": "BIGINT", "bool": "BOOLEAN"}
+"""Arrow type -> DuckDB type, for the partition columns a snapshot view reads from file paths."""
+
 
 class Lake:
     """Every catalog table as a Delta table under `root` (a local path or `s3://bucket/prefix`).
@@ -233,9 +237,38 @@ class Lake:
         with _sql.connect(self._datasets(mentioned)) as con:
             return _sql.query(con, query, params, missing_table_hint=self._tables_hint)
 
-    def _datasets(self, names: Iterable[str]) -> dict[str, ds.Dataset]:
-        tables = {name: self._open(name) for name in names}
-        return {name: table.to_pyarrow_dataset() for name, table in tables.items() if table is not None}
+    def _datasets(self, names: Iterable[str]) -> dict[str, _sql.Source]:
+        sources: dict[str, _sql.Source] = {}
+        for name in names:
+            table = self._open(name)
+            if table is not None:
+                sources[name] = self._snapshot(name, table) or table.to_pyarrow_dataset()
+        return sources
+
+    def _snapshot(self, name: str, table: DeltaTable) -> _sql.ParquetSnapshot | None:
+        """The live files for DuckDB's own Parquet reader, or None when only the pyarrow dataset reads it right."""
+        if "://" in self.root and not self.root.startswith("file://"):
+            return None  # DuckDB would need its httpfs extension and the credentials
+        if table.protocol().min_reader_version != 1:
+            return None  # deletion vectors or column mapping: files alone are not the table
+        tdef = get_table(name)
+        files = tuple(table.file_uris())
+        if not files:
+            return None
+        parts = tdef.partition_by
+        for f in files:
+            segments = f.replace("\\", "/").split("/")
+            for col in parts:
+                hit = [seg for seg in segments if seg.startswith(f"{col}=")]
+                if len(hit) != 1 or hit[0] == f"{col}=__HIVE_DEFAULT_PARTITION__":
+                    return None  # a partition value is not (only) in the path, or is null
+        types = {col: _DUCKDB_TYPES.get(str(tdef.schema.field(col).type)) for col in parts}
+        if None in types.values():
+            return None
+        schema = pa.schema(table.schema().to_arrow())
+        if set(schema.names) - set(tdef.schema.names):
+            return None  # columns the catalog does not know: older data files may lack them
+        return _sql.ParquetSnapshot(files, tdef.schema, types)
 
     def _tables_hint(self) -> str:
         existing = [name for name in CATALOG if self.exists(name)]

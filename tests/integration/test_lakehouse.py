@@ -329,3 +329,39 @@ def test_an_appender_keeps_its_handle_and_loses_nothing_beside_other_writers(tmp
     t.join()
     assert versions == sorted(versions) and len(set(versions)) == len(versions)
     assert lake.read("predictions").num_rows == 5 + 5 * 4 + 5 * 3
+
+
+def test_sql_reads_the_live_delta_files_natively_and_answers_like_the_pyarrow_dataset(lake: Lake):
+    import duckdb
+
+    for d in range(1, 4):
+        lake.append("predictions", predictions(20, day=date(2026, 1, d), tenant=f"t{d % 2}"))
+    lake.append("predictions", predictions(5, day=date(2026, 1, 2), tenant="t9", prefix="x"))
+    lake.delete("predictions", "tenant = 't9'")  # rewrites day 2: its old files stay on disk, removed in the log
+    lake.overwrite_partition("predictions", predictions(7, day=date(2026, 1, 3), tenant="t3"),
+                             {"day": date(2026, 1, 3)})
+    table = lake._open("predictions")
+    snapshot = lake._snapshot("predictions", table)
+    assert snapshot is not None and snapshot.partition_types == {"day": "DATE"}
+    on_disk = list(Path(lake.uri("predictions")).glob("day=*/*.parquet"))
+    assert len(on_disk) > len(snapshot.files)  # so reading every file on disk would count removed rows
+
+    query = ("SELECT tenant, day, count(*) AS n, sum(latency_ms) AS s, min(ts) AS first FROM predictions "
+             "GROUP BY ALL ORDER BY tenant, day")
+    native = lake.sql(query)
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("predictions", table.to_pyarrow_dataset())
+        via_dataset = con.sql(query).to_arrow_table()
+    assert native.equals(via_dataset)
+    assert native.to_pylist()[-1] == {"tenant": "t3", "day": date(2026, 1, 3), "n": 7, "s": 21.0,
+                                      "first": datetime(2026, 1, 3, 1, tzinfo=UTC)}
+    assert lake.sql("SELECT count(*) AS n FROM predictions WHERE tenant = 't9'").column("n")[0].as_py() == 0
+    got = lake.sql("SELECT * FROM predictions LIMIT 0").schema
+    assert [(f.name, f.type) for f in got] == [(f.name, f.type) for f in get_table("predictions").schema]
+
+
+def test_sql_falls_back_to_the_pyarrow_dataset_where_files_alone_are_not_the_table(lake: Lake):
+    lake.append("predictions", predictions(3))
+    remote = Lake("s3://bucket/lake")
+    assert remote._snapshot("predictions", lake._open("predictions")) is None
