@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,6 +22,8 @@ from lakehouse._retry import retry_commit
 from lakehouse.catalog import CATALOG, TableDef, get_table
 from lakehouse.errors import LakehouseError
 from lakehouse.sql import sql_literal
+
+logger = logging.getLogger(__name__)
 
 _DUCKDB_TYPES = {"date32[day]": "DATE", "string": "VARCHAR", "large_string": "VARCHAR", "int32": "INTEGER",
                  "int64": "BIGINT", "bool": "BOOLEAN"}
@@ -112,9 +115,12 @@ class Lake:
 
         return retry_commit(op, f"append to {name!r}")
 
-    def appender(self, name: str) -> Appender:
-        """A writer for frequent appends to one table that keeps its table handle between writes."""
-        return Appender(self, name)
+    def appender(self, name: str, *, compact_every: int = 0, target_size: int = 16 << 20) -> Appender:
+        """A writer for frequent appends to one table that keeps its table handle between writes.
+
+        With `compact_every=N` it compacts the partitions it wrote every N appends (see `Appender`).
+        """
+        return Appender(self, name, compact_every=compact_every, target_size=target_size)
 
     def overwrite_partition(self, name: str, data: Data, partition: Mapping[str, Any]) -> int:
         """Replace exactly one partition (e.g. `{"day": date(2026, 1, 4)}`) with `data`; returns the version."""
@@ -278,6 +284,15 @@ class Lake:
         )
 
 
+def _partitions_of(rows: pa.Table, columns: Sequence[str]) -> set[tuple]:
+    distinct = rows.select(list(columns)).group_by(list(columns)).aggregate([])
+    return {tuple(r[c] for c in columns) for r in distinct.to_pylist()}
+
+
+def _partition_text(value: Any) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
 def _partition_predicate(table: TableDef, partition: Mapping[str, Any]) -> str:
     if not partition:
         raise ValueError(
@@ -313,12 +328,23 @@ class Appender:
     such as the gateway's prediction log appends every second, so it keeps the handle and only
     reads the commits it has not seen (`update_incremental`). Not fork-safe: create it in the
     process that writes, and use it from one thread at a time.
+
+    A commit costs delta-rs time in proportion to the table's live files (measured: ~36 ms with
+    240 files, ~110 ms with 2,000), and a writer that appends every second adds 86,400 files a day.
+    So with `compact_every=N` the appender rewrites the small files of the partitions it wrote into
+    files of up to `target_size` bytes every N appends (files already that large are left alone,
+    so the cost of one compaction stays bounded). A failed compaction is logged and retried at the
+    next one; the rows are committed either way.
     """
 
-    def __init__(self, lake: Lake, name: str):
+    def __init__(self, lake: Lake, name: str, *, compact_every: int = 0, target_size: int = 16 << 20):
         self._lake = lake
         self._def = get_table(name)
         self._table: DeltaTable | None = None
+        self.compact_every = compact_every
+        self.target_size = target_size
+        self._appends = 0
+        self._touched: set[tuple] = set()
 
     def append(self, data: Data) -> int:
         """Append rows; returns the new table version."""
@@ -333,5 +359,26 @@ class Appender:
                 write_deltalake(self._table, rows, mode="append")
             return self._table.version()
 
-        return retry_commit(op, f"append to {self._def.name!r}")
+        version = retry_commit(op, f"append to {self._def.name!r}")
+        if self.compact_every and self._def.partition_by and rows.num_rows:
+            self._appends += 1
+            self._touched.update(_partitions_of(rows, self._def.partition_by))
+            if self._appends % self.compact_every == 0:
+                self.compact()
+        return version
+
+    def compact(self) -> None:
+        """Compact the partitions written since the last compaction (errors are logged, not raised)."""
+        touched, self._touched = self._touched, set()
+        for values in sorted(touched):
+            filters = [(col, "=", _partition_text(v)) for col, v in zip(self._def.partition_by, values)]
+            try:
+                self._table.update_incremental()
+                metrics = self._table.optimize.compact(partition_filters=filters, target_size=self.target_size)
+                logger.info("compacted %s %s: %s files -> %s", self._def.name, filters,
+                            metrics.get("numFilesRemoved"), metrics.get("numFilesAdded"))
+            except Exception:  # housekeeping: the appended rows are committed already
+                self._touched.add(values)
+                logger.warning("compacting %s %s failed; will retry at the next compaction",
+                               self._def.name, filters, exc_info=True)
 

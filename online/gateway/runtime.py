@@ -119,7 +119,7 @@ class Runtime:
 
     def _write_predictions(self, rows: list[dict]) -> None:
         if self._appender is None:
-            self._appender = self.lake.appender("predictions")
+            self._appender = self.lake.appender("predictions", compact_every=self.gateway.log_compact_every)
         self._appender.append(rows)
 
     def workflow(self, name: str) -> WorkflowSpec:

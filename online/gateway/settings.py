@@ -25,6 +25,8 @@ class GatewaySettings(BaseSettings):
     log_enabled: bool = Field(default=True, description="Write every prediction to the Delta log.")
     log_flush_rows: int = 2000
     log_flush_s: float = 1.0
+    log_compact_every: int = Field(
+        default=60, ge=0, description="Compact today's prediction-log files every N writes (0: never).")
     shadow_concurrency: int = 8
     fast_path: bool = Field(default=True, description="Serve the prediction routes without FastAPI's per-request machinery.")
     coalesce: bool = Field(default=True, description="Merge concurrent calls for one model version into one.")

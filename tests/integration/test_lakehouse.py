@@ -365,3 +365,14 @@ def test_sql_falls_back_to_the_pyarrow_dataset_where_files_alone_are_not_the_tab
     lake.append("predictions", predictions(3))
     remote = Lake("s3://bucket/lake")
     assert remote._snapshot("predictions", lake._open("predictions")) is None
+
+
+def test_an_appender_that_compacts_keeps_the_live_file_count_bounded_and_every_row(lake: Lake):
+    appender = lake.appender("predictions", compact_every=5)
+    for k in range(12):
+        appender.append(predictions(3, prefix=f"a{k}-") + predictions(2, day=DAY + timedelta(days=1), prefix=f"b{k}-"))
+    table = lake._open("predictions")
+    # 24 one-append files without compaction; with it: at most the files of the last 2 appends + 1 per day
+    assert len(table.file_uris()) <= 2 * 2 + 2 * 2
+    assert lake.sql("SELECT count(*) AS n, count(DISTINCT request_id) AS d FROM predictions").to_pylist() == [
+        {"n": 60, "d": 60}]
