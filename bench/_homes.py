@@ -70,6 +70,10 @@ def real_home(path: Path, *, fresh: bool = False, say=print) -> Home:
         say(f"building the reference models' home in {path} (tandem init, once)")
         init_home(TandemSettings(home=path), corpus_size=600, say=lambda m: say(f"  {m}"))
         (path / _READY).write_text("ok\n")
+    else:
+        # Every run starts with an empty prediction log, as on a fresh clone: a log grown over earlier
+        # runs (thousands of files, never compacted) would make this run's commits slower than the last.
+        shutil.rmtree(path / "lake" / "predictions", ignore_errors=True)
     return Home(path, _bench_key(TandemSettings(home=path)), real=True)
 
 

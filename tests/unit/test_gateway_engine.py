@@ -160,3 +160,12 @@ async def test_canary_routing_is_sticky_and_cache_separates_versions():
     versions = {next(iter(v))[1] for v in arms.values()}
     assert versions == {"1", "2"}
     assert len(fake.calls) == 2  # one miss per version; every other call was a cache hit
+
+
+def test_step_report_as_dict_names_every_field():
+    from dataclasses import asdict
+
+    from online.gateway.engine import StepReport
+
+    report = StepReport("s", "m", "1", "stable", cached=True, latency_ms=1.5, attempts=2, error="x")
+    assert report.as_dict() == asdict(report)
