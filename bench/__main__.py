@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print(markdown_table(out))
         return 0
+    # SIGTERM unwinds like Ctrl-C, so the processes this run started are stopped (by PID) on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         results = run(args.cases or list(CASES), config, out, force_python_load=args.python_load)
     except ValueError as exc:

@@ -61,6 +61,11 @@ def model_body(text: str) -> dict:
     return {"version": "1", "inputs": [{"text": text}]}
 
 
+def batched_model_body(text: str) -> dict:
+    """A model server's body marked as batched by its caller (as the gateway's coalescer sends it)."""
+    return {"version": "1", "inputs": [{"text": text}], "batched": True}
+
+
 def predict_body(text: str) -> dict:
     """The gateway's `POST /v1/models/{name}/predict` body."""
     return {"instances": [{"text": text}]}
@@ -159,11 +164,13 @@ class Lab:
     # --- measuring ----------------------------------------------------------------------------
 
     def endpoint(self, kind: str, proc: Proc, route: str) -> Endpoint:
-        """`route`: "server" (a model server's /predict), "workflow:NAME", or a model name (gateway route)."""
+        """`route`: "server" (a model server's /predict; "server-batched" marks bodies batched), "workflow:NAME", or a model name (gateway route)."""
         home = self.home(kind)
         rps = _MAX_RPS["main" if home.real else "tiny"]
         if route == "server":
             return Endpoint(proc, "/predict", model_body, None, rps)
+        if route == "server-batched":
+            return Endpoint(proc, "/predict", batched_model_body, None, rps)
         if route.startswith("workflow:"):
             return Endpoint(proc, f"/v1/workflows/{route.split(':', 1)[1]}/run", workflow_body, home.key, rps)
         return Endpoint(proc, f"/v1/models/{route}/predict", predict_body, home.key, rps)

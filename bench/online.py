@@ -89,14 +89,20 @@ def overhead(lab: Lab) -> CaseResult:
     procs = lab.need("tiny", "server-embedder", "gateway")
     direct = lab.endpoint("tiny", procs["server-embedder"], "server")
     via = lab.endpoint("tiny", procs["gateway"], "embedder")
-    # 1 client: rounds of (direct, gateway), each call right after the other.
+    # The gateway's calls say `"batched": true` (its coalescer batched them), so the server skips its batch
+    # window for them. A direct client may say so too: measured alongside, to show what the gateway itself adds.
+    direct_batched = lab.endpoint("tiny", procs["server-embedder"], "server-batched")
+    # 1 client: rounds of (direct, gateway, direct marked batched), each call right after the other.
     if lab.config.warmup_s:
-        lab.rounds([direct, via], lab.config.warmup_s)
-    one = lab.rounds([direct, via], lab.config.reps * lab.config.duration_s)
-    pairs = one.pop("rounds")
-    d1, g1 = [r[0] for r in pairs], [r[1] for r in pairs]
-    ratios = {"p50_c1": _pcts(g1)["p50"] / _pcts(d1)["p50"], "p99_c1": _pcts(g1)["p99"] / _pcts(d1)["p99"]}
-    res.raw = {"c1": {**one, "direct_ms": _pcts(d1), "gateway_ms": _pcts(g1), "rounds": len(d1)}}
+        lab.rounds([direct, via, direct_batched], lab.config.warmup_s)
+    one = lab.rounds([direct, via, direct_batched], lab.config.reps * lab.config.duration_s)
+    rounds = one.pop("rounds")
+    d1, g1, b1 = ([r[i] for r in rounds] for i in range(3))
+    ratios = {"p50_c1": _pcts(g1)["p50"] / _pcts(d1)["p50"], "p99_c1": _pcts(g1)["p99"] / _pcts(d1)["p99"],
+              "p50_c1_vs_direct_batched": _pcts(g1)["p50"] / _pcts(b1)["p50"]}
+    res.raw = {"c1": {**one, "direct_ms": _pcts(d1), "gateway_ms": _pcts(g1), "direct_batched_ms": _pcts(b1),
+                      "gateway_added_p50_ms_vs_direct_batched": _pcts(g1)["p50"] - _pcts(b1)["p50"],
+                      "rounds": len(d1)}}
     # 32 clients: wrk runs, alternating.
     lab.warm(direct, 32)
     lab.warm(via, 32)
@@ -112,7 +118,9 @@ def overhead(lab: Lab) -> CaseResult:
     res.summary = (f"@1: p50 {_pcts(d1)['p50']:.2f}→{_pcts(g1)['p50']:.2f} ms, p99 {_pcts(d1)['p99']:.2f}→"
                    f"{_pcts(g1)['p99']:.2f} ms; @32: p50 {median(_p(d, 'lat_p50_ms')):.1f}→"
                    f"{median(_p(g, 'lat_p50_ms')):.1f} ms, p99 {median(_p(d, 'lat_p99_ms')):.0f}→"
-                   f"{median(_p(g, 'lat_p99_ms')):.0f} ms (p50 ratios {ratios['p50_c1']:.2f}, {ratios['p50_c32']:.2f})")
+                   f"{median(_p(g, 'lat_p99_ms')):.0f} ms (p50 ratios {ratios['p50_c1']:.2f}, {ratios['p50_c32']:.2f}); "
+                   f"@1 vs a direct call marked batched: {_pcts(b1)['p50']:.2f} ms, "
+                   f"ratio {ratios['p50_c1_vs_direct_batched']:.2f}")
     return res
 
 
