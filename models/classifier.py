@@ -218,6 +218,9 @@ class MiniLMClassifier:
         self.head = head.to(device).eval()
         self.encoder = get_encoder(quantize, device)
 
+    def input_lengths(self, inputs: list[ClassifyIn]) -> list[int]:
+        return self.encoder.token_lengths([x.text for x in inputs], self.max_seq_length)
+
     def predict_batch(self, inputs: list[ClassifyIn]) -> list[ClassifyOut]:
         vectors = self.encoder.encode([x.text for x in inputs], max_length=self.max_seq_length)
         with torch.inference_mode():

@@ -103,6 +103,12 @@ class MiniLMEncoder:
         # Fast tokenizers are not safe to call from several threads at once ("Already borrowed").
         self._tok_lock = threading.Lock()
 
+    def token_lengths(self, texts: list[str], max_length: int = MAX_SEQ_LENGTH) -> list[int]:
+        """Tokens per text as `encode` feeds them to the model (special tokens included, truncated)."""
+        with self._tok_lock:
+            ids = self._tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        return [len(i) for i in ids]
+
     def encode(self, texts: list[str], *, batch_size: int = 64, max_length: int = MAX_SEQ_LENGTH) -> np.ndarray:
         """Embed `texts` as an (n, 384) array; texts are length-sorted internally to cut padding."""
         torch = self._torch
@@ -178,6 +184,9 @@ class _MiniLMEmbedder:
     def predict_batch(self, inputs: list[EmbedIn]) -> list[EmbedOut]:
         vectors = self.encoder.encode([x.text for x in inputs], max_length=self.max_seq_length)
         return [EmbedOut(embedding=row.tolist()) for row in vectors]
+
+    def input_lengths(self, inputs: list[EmbedIn]) -> list[int]:
+        return self.encoder.token_lengths([x.text for x in inputs], self.max_seq_length)
 
 
 @register_kind(KIND_FP32)

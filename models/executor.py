@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -57,6 +58,8 @@ __all__ = [
     "update_job",
     "write_job_results",
 ]
+
+logger = logging.getLogger(__name__)
 
 OpResolver = Callable[[str, str], ModelOp]
 """`resolve_op(model, version) -> ModelOp`, e.g. a per-process cache over the artifact store."""
@@ -245,9 +248,14 @@ class _Runner:
         except Exception as exc:  # noqa: BLE001 - a load failure fails these rows, recorded, never hidden
             return [(None, f"could not load the model: {_describe(exc)}")] * len(inputs)
         size = self.batch_sizes.get(model, self.batch_size)
-        out: list[tuple[dict | None, str | None]] = []
-        for start in range(0, len(inputs), size):
-            out.extend(self._call(op, inputs[start : start + size], step.retry.attempts, step))
+        # Bucket by length: a batch is padded to its longest input, so batches of similar lengths waste
+        # far less compute than batches in arrival order. Outputs go back to the input order.
+        order = sorted(range(len(inputs)), key=_lengths(op, inputs).__getitem__)
+        out: list[tuple[dict | None, str | None]] = [(None, None)] * len(inputs)
+        for start in range(0, len(order), size):
+            idx = order[start : start + size]
+            for i, result in zip(idx, self._call(op, [inputs[i] for i in idx], step.retry.attempts, step)):
+                out[i] = result
         return out
 
     def _call(self, op: ModelOp, chunk: list[BaseModel], attempts: int, step: StepSpec):
@@ -266,6 +274,31 @@ class _Runner:
         # Split to isolate the inputs that fail from those that merely shared their batch.
         mid = len(chunk) // 2
         return self._call(op, chunk[:mid], 1, step) + self._call(op, chunk[mid:], 1, step)
+
+
+def _lengths(op: ModelOp, inputs: list[BaseModel]) -> list[int]:
+    """The op's own padding lengths (`input_lengths`, e.g. tokens) when it has them, else text lengths."""
+    measure = getattr(op, "input_lengths", None)
+    if measure is not None:
+        try:
+            lengths = list(measure(inputs))
+        except Exception:
+            logger.warning("%s.input_lengths failed; batching by text length", type(op).__name__, exc_info=True)
+        else:
+            if len(lengths) == len(inputs):
+                return lengths
+    return [_text_length(x) for x in inputs]
+
+
+def _text_length(inp: BaseModel) -> int:
+    """Characters of text an input carries (its str fields and lists of str): the padding-relevant size."""
+    total = 0
+    for value in inp.__dict__.values():
+        if isinstance(value, str):
+            total += len(value)
+        elif isinstance(value, list):
+            total += sum(len(v) for v in value if isinstance(v, str))
+    return total
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -21,6 +21,10 @@ MANIFEST = "manifest.json"
 
 @runtime_checkable
 class ModelOp(Protocol):
+    """A model version behind one call. Optionally also `input_lengths(inputs) -> list[int]`: the
+    size each input is padded by (e.g. its token count), which batch scoring uses to put inputs of
+    similar lengths in the same batch (`models.executor`)."""
+
     task: str
 
     def load(self, artifact_dir: Path, device: str) -> None: ...

@@ -9,7 +9,7 @@ import pytest
 from models.errors import WorkflowError
 from models.executor import BatchFailedError, run_workflow_batch
 from models.ops import load_op
-from models.schemas import ClassifyIn
+from models.schemas import ClassifyIn, EmbedIn
 from models.testing import write_tiny_artifact
 from models.workflows import BUILTIN_WORKFLOWS, load_workflow, parse_workflow
 
@@ -180,3 +180,30 @@ def test_a_model_without_a_version_is_a_configuration_error(ops):
 def test_no_rows_is_an_empty_result(ops):
     result = run_workflow_batch(ENRICH, [], lambda m, v: ops[(m, v)], VERSIONS)
     assert result.rows == [] and result.model_calls == 0
+
+
+class Lengths(Counting):
+    """Reports each input's padding length as the number of its words, and records the batches' contents."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.contents: list[list[str]] = []
+
+    def input_lengths(self, inputs):
+        return [len(x.text.split()) for x in inputs]
+
+    def predict_batch(self, inputs):
+        self.contents.append([x.text for x in inputs])
+        return super().predict_batch(inputs)
+
+
+def test_inputs_of_similar_length_share_batches_and_outputs_keep_the_row_order(ops):
+    emb = Lengths(ops[("embedder", "1")].op)
+    ops[("embedder", "1")] = emb
+    rows = [{"text": " ".join(["w"] * (1 + (i * 7) % 12) + [str(i)])} for i in range(48)]
+    result = run_workflow_batch(ENRICH, rows, lambda m, v: ops[(m, v)], VERSIONS, batch_size=12)
+
+    spans = [max(len(t.split()) for t in b) - min(len(t.split()) for t in b) for b in emb.contents]
+    assert max(spans) <= 3, spans  # in arrival order each batch would span all 12 lengths
+    for row, result_row in zip(rows, result.rows):
+        assert result_row.output["embedding"] == emb.op.predict_batch([EmbedIn(text=row["text"])])[0].embedding
