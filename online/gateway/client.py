@@ -139,12 +139,14 @@ class ModelClient:
     """What the engine calls: `predict` goes through a `Coalescer` (unless disabled) to the transport."""
 
     def __init__(self, transport: ModelTransport | None = None, *, coalesce: bool = True,
-                 max_batch_instances: int = 64, window_s: float = 0.002, observe=None):
+                 max_batch_instances: int = 64, max_inflight: int = 2, window_s: float = 0.002,
+                 max_wait_s: float | None = None, observe=None):
         from online.gateway.coalescer import Coalescer
 
         self.transport = transport or HttpTransport()
-        self.coalescer = (Coalescer(self.transport.send, max_instances=max_batch_instances, window_s=window_s,
-                                    observe=observe) if coalesce else None)
+        self.coalescer = (Coalescer(self.transport.send, max_instances=max_batch_instances, max_inflight=max_inflight,
+                                    window_s=window_s, max_wait_s=max_wait_s, observe=observe)
+                          if coalesce else None)
 
     async def predict(self, base_url: str, version: str, inputs: list[dict], *, timeout_s: float,
                       headers: Mapping[str, str] | None = None) -> ModelReply:

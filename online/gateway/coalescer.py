@@ -8,9 +8,11 @@ calls at a time; calls arriving meanwhile wait in the lane and leave together, u
 requests, and at low load nothing waits: a lone request is sent at once.
 
 One refinement: right after a busy wave (the lane's last call carried several requests), the next
-call waits up to `window_s` for the rest of the wave to arrive, instead of leaving with the first
-straggler and making everyone else wait for a whole round trip. A lane that goes quiet sends at
-once again after one call.
+call waits for the rest of the wave instead of leaving with the first straggler and making
+everyone else wait a whole round trip (measured: calls alternated between 1 and 31 requests at
+32 clients, and a model batch of 1 leaves a core idle). It leaves when as many requests as last
+time are waiting, when none has arrived for `window_s`, or `max_wait_s` after the first one. A
+lane that goes quiet sends at once again after one call.
 
 Each caller keeps its own timeout and cancellation; a failure of a shared call reaches every
 member, except a rejection (4xx), which is retried per member so one bad input fails only itself.
@@ -50,19 +52,21 @@ class _Lane:
     inflight: int = 0
     last_members: int = 1  # requests carried by the lane's last call: > 1 means it is busy
     timer: asyncio.TimerHandle | None = None
+    window_opened: float = 0.0
 
 
 class Coalescer:
     """Merges concurrent `predict` calls per (server, version); see the module docstring."""
 
     def __init__(self, send: Send, *, max_instances: int = 64, max_inflight: int = 1, window_s: float = 0.002,
-                 observe: Observe | None = None):
+                 max_wait_s: float | None = None, observe: Observe | None = None):
         if max_instances < 1 or max_inflight < 1 or window_s < 0:
             raise ValueError("need max_instances >= 1, max_inflight >= 1 and window_s >= 0")
         self._send = send
         self.max_instances = max_instances
         self.max_inflight = max_inflight
         self.window_s = window_s
+        self.max_wait_s = 10 * window_s if max_wait_s is None else max_wait_s
         self._observe = observe
         self._lanes: dict[tuple[str, str], _Lane] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -102,8 +106,15 @@ class Coalescer:
     def _pump(self, lane: _Lane) -> None:
         while lane.pending and lane.inflight < self.max_inflight:
             if self._should_wait(lane):
+                # (Re)arm the gap timer: every arrival buys the wave another `window_s`, up to `max_wait_s`.
+                loop = asyncio.get_running_loop()
+                now = loop.time()
                 if lane.timer is None:
-                    lane.timer = asyncio.get_running_loop().call_later(self.window_s, self._window_closed, lane)
+                    lane.window_opened = now
+                else:
+                    lane.timer.cancel()
+                closes = min(now + self.window_s, lane.window_opened + self.max_wait_s)
+                lane.timer = loop.call_at(closes, self._window_closed, lane)
                 return
             self._cancel_timer(lane)
             self._dispatch(lane)

@@ -98,6 +98,7 @@ class Runtime:
         self.versions: dict[str, set[str]] = {}
         self.client = client or ModelClient(
             coalesce=gateway.coalesce, max_batch_instances=gateway.coalesce_max_instances,
+            max_inflight=gateway.coalesce_max_inflight,
             window_s=gateway.coalesce_window_ms / 1000,
             observe=lambda url, requests, _inputs: self.metrics.model_calls.labels(url).observe(requests))
         self.breakers = BreakerBoard(failure_threshold=gateway.breaker_failures,

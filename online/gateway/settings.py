@@ -31,6 +31,8 @@ class GatewaySettings(BaseSettings):
     fast_path: bool = Field(default=True, description="Serve the prediction routes without FastAPI's per-request machinery.")
     coalesce: bool = Field(default=True, description="Merge concurrent calls for one model version into one.")
     coalesce_max_instances: int = Field(default=64, ge=1, description="Most inputs in one merged call.")
+    coalesce_max_inflight: int = Field(
+        default=2, ge=1, description="Merged calls in flight per model version: 2 keeps the next batch queued at the server.")
     coalesce_window_ms: float = Field(
         default=2.0, ge=0, description="Under load, how long a merged call waits for the rest of its wave.")
     breaker_failures: int = 5

@@ -139,3 +139,33 @@ async def test_after_a_busy_wave_the_next_call_waits_for_the_rest_of_the_wave():
     # Quiet again: after one call a lone request no longer waits.
     await co.predict(URL, "1", one("lone"), timeout_s=5)
     await asyncio.wait_for(co.predict(URL, "1", one("lone2"), timeout_s=5), 0.04)
+
+
+async def test_a_trickling_wave_keeps_the_window_open_until_it_stops_or_max_wait():
+    send = FakeSend(delay_s=0.02)
+    co = Coalescer(send, window_s=0.03, max_wait_s=0.2)
+    blocker = asyncio.create_task(co.predict(URL, "1", one("x"), timeout_s=5))
+    await asyncio.sleep(0.005)
+    wave = [asyncio.create_task(co.predict(URL, "1", one(f"w{i}"), timeout_s=5)) for i in range(8)]
+    await asyncio.gather(blocker, *wave)  # last call carried 8: the lane is busy
+    # 6 requests 20 ms apart: each arrives within the 30 ms gap of the one before, so all 6 leave
+    # together, although the first waited 100 ms in all (more than the gap, less than max_wait).
+    trickle = []
+    for i in range(6):
+        trickle.append(asyncio.create_task(co.predict(URL, "1", one(f"t{i}"), timeout_s=5)))
+        await asyncio.sleep(0.02)
+    await asyncio.gather(*trickle)
+    assert [len(texts) for _, texts, _ in send.calls][-1] == 6
+
+    co = Coalescer(send, window_s=0.03, max_wait_s=0.05)
+    send.calls.clear()
+    blocker = asyncio.create_task(co.predict(URL, "1", one("x"), timeout_s=5))
+    await asyncio.sleep(0.005)
+    wave = [asyncio.create_task(co.predict(URL, "1", one(f"w{i}"), timeout_s=5)) for i in range(8)]
+    await asyncio.gather(blocker, *wave)
+    trickle = []
+    for i in range(6):
+        trickle.append(asyncio.create_task(co.predict(URL, "1", one(f"t{i}"), timeout_s=5)))
+        await asyncio.sleep(0.02)
+    await asyncio.gather(*trickle)
+    assert len(send.calls) > 3  # max_wait (50 ms) cut the trickle into more than one call
