@@ -24,7 +24,8 @@ class GatewaySettings(BaseSettings):
     idempotency_ttl_s: float = 24 * 3600
     log_enabled: bool = Field(default=True, description="Write every prediction to the Delta log.")
     log_flush_rows: int = 2000
-    log_flush_s: float = 1.0
+    log_flush_s: float = Field(
+        default=2.0, gt=0, description="Seconds between prediction-log writes (a Delta commit costs ~40 ms of CPU).")
     log_compact_every: int = Field(
         default=60, ge=0, description="Compact today's prediction-log files every N writes (0: never).")
     shadow_concurrency: int = 8
