@@ -263,12 +263,13 @@ class _WorkerQueue:
     `enqueued_at = time.monotonic()` in the HTTP process (CLOCK_MONOTONIC is system-wide).
     """
 
-    __slots__ = ("_held", "_queue", "_record")
+    __slots__ = ("_held", "_queue", "_record", "last_item_at")
 
     def __init__(self, queue: Any, record: Any) -> None:
         self._queue = queue
         self._record = record
         self._held: Any = None
+        self.last_item_at = 0.0  # time.monotonic() when `get` last returned a request
 
     def wait(self, timeout: float) -> bool:
         if self._held is None:
@@ -294,7 +295,8 @@ class _WorkerQueue:
 
     def _seen(self, item: Any) -> Any:
         if type(item) is tuple and len(item) == 4 and isinstance(item[2], float):
-            self._record(time.monotonic() - item[2])
+            self.last_item_at = time.monotonic()
+            self._record(self.last_item_at - item[2])
         return item
 
 
@@ -306,14 +308,33 @@ class _TimedBatchedLoop(BatchedLoop):
     def get_batch_requests(self, lit_api, request_queue, transport):
         if not request_queue.wait(timeout=1.0):
             return [], []
-        if not request_queue.holds_batched():
-            return super().get_batch_requests(lit_api, request_queue, transport)
-        # Batched upstream: waiting out the window would only add latency. Take what is queued now.
-        window, lit_api.batch_timeout = lit_api.batch_timeout, 0.0
+        if request_queue.holds_batched():
+            # Batched upstream: waiting out the window would only add latency. Take what is queued now.
+            return self._collect(lit_api, request_queue, transport, lit_api.max_batch_size, 0.0)
+        window, most = lit_api.batch_timeout, lit_api.max_batch_size
+        payloads, timed_out = super().get_batch_requests(lit_api, request_queue, transport)
+        # A wave of clients whose answers just went out comes back spread over more than one window
+        # (measured at 32 clients: batches of 18 on average where 32 were waiting; MiniLM does 145
+        # texts/s in batches of 16 and 174 in batches of 32). While requests keep arriving, keep
+        # collecting in half-windows, up to 4 windows in all. A lone request still waits one window.
+        cap = time.monotonic() + 3 * window
+        while (window > 0 and len(payloads) < most and time.monotonic() < cap
+               and time.monotonic() - request_queue.last_item_at < window / 2):
+            more, late = self._collect(lit_api, request_queue, transport, most - len(payloads), window / 2)
+            payloads += more
+            timed_out += late
+            if not more and not late:
+                break
+        return payloads, timed_out
+
+    def _collect(self, lit_api, request_queue, transport, room: int, window: float):
+        """LitServe's own collation with a different room and window (restored after)."""
+        saved = lit_api.max_batch_size, lit_api.batch_timeout
+        lit_api.max_batch_size, lit_api.batch_timeout = room, window
         try:
             return super().get_batch_requests(lit_api, request_queue, transport)
         finally:
-            lit_api.batch_timeout = window
+            lit_api.max_batch_size, lit_api.batch_timeout = saved
 
 
 class _TimedSingleLoop(SingleLoop):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,3 +319,40 @@ def test_spec_json_file_is_what_the_cli_reads(spec: DeploymentSpec, tmp_path: Pa
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec.model_dump()))
     assert load_spec(path) == spec
+
+
+def _trickle(q: queue.Queue, n: int, every_s: float) -> threading.Thread:
+    def put() -> None:
+        for i in range(n):
+            q.put((0, f"uid-{i}", time.monotonic(), {"inputs": [{"text": str(i)}]}))
+            time.sleep(every_s)
+
+    t = threading.Thread(target=put)
+    t.start()
+    return t
+
+
+class _FakeTransport:
+    def send(self, item, consumer_id=None) -> None:
+        pass
+
+
+def test_the_batch_window_stays_open_while_a_wave_trickles_in_and_a_lone_request_waits_one_window() -> None:
+    from types import SimpleNamespace
+
+    from online.servers.api import _TimedBatchedLoop
+
+    api = SimpleNamespace(max_batch_size=8, batch_timeout=0.02, request_timeout=-1, stream=False)
+    loop = _TimedBatchedLoop()
+    q: queue.Queue = queue.Queue()
+    wq = _WorkerQueue(q, lambda s: None)
+    feeder = _trickle(q, 8, 0.008)  # 8 requests, 8 ms apart: one 20 ms window sees about 3
+    payloads, timed_out = loop.get_batch_requests(api, wq, _FakeTransport())
+    feeder.join()
+    assert len(payloads) == 8 and timed_out == []
+    assert (api.max_batch_size, api.batch_timeout) == (8, 0.02)  # restored
+
+    q.put((0, "lone", time.monotonic(), {"inputs": [{"text": "x"}]}))
+    started = time.monotonic()
+    payloads, _ = loop.get_batch_requests(api, wq, _FakeTransport())
+    assert [p[1] for p in payloads] == ["lone"] and time.monotonic() - started < 0.04
