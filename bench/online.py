@@ -13,7 +13,7 @@ Every load run posts distinct 15-25-word texts (except the cache case's repeated
 
 from __future__ import annotations
 
-from bench._lab import Lab, alternate
+from bench._lab import Endpoint, Lab, alternate
 from bench._report import CaseResult, median, new_result, paired_ratio
 from models.schemas import EmbedIn
 
@@ -37,6 +37,19 @@ def _rps(runs: list[dict]) -> list[float]:
 
 def _p(runs: list[dict], key: str) -> list[float]:
     return [r[key] for r in runs]
+
+
+def _throughputs(lab: Lab, res: CaseResult, clients: int = 32, **sides: Endpoint) -> tuple[list[dict], list[dict]]:
+    """Throughput of two set-ups (A then B, as named) under the same load, alternating runs: ratio A ÷ B."""
+    (name_a, a), (name_b, b) = sides.items()
+    lab.warm(a, clients)
+    lab.warm(b, clients)
+    runs_a, runs_b = alternate(lab.config.reps, lambda: lab.hit(a, clients), lambda: lab.hit(b, clients))
+    res.ratio = paired_ratio(_rps(runs_a), _rps(runs_b))
+    res.raw = {name_a: runs_a, name_b: runs_b}
+    res.summary = f"{median(_rps(runs_a)):.0f} vs {median(_rps(runs_b)):.0f} req/s"
+    _check(res, **res.raw)
+    return runs_a, runs_b
 
 
 def _check(result: CaseResult, **runs: list[dict]) -> None:
@@ -127,31 +140,17 @@ def overhead(lab: Lab) -> CaseResult:
 def batching(lab: Lab) -> CaseResult:
     res = new_result("batching")
     procs = lab.need("main", "server-embedder", "server-embedder-unbatched")
-    batched = lab.endpoint("main", procs["server-embedder"], "server")
-    single = lab.endpoint("main", procs["server-embedder-unbatched"], "server")
-    lab.warm(batched, 32)
-    lab.warm(single, 32)
-    b, s = alternate(lab.config.reps, lambda: lab.hit(batched, 32), lambda: lab.hit(single, 32))
-    res.ratio = paired_ratio(_rps(b), _rps(s))
-    res.raw = {"batched": b, "unbatched": s}
-    res.summary = f"{median(_rps(b)):.0f} vs {median(_rps(s)):.0f} req/s"
-    _check(res, batched=b, unbatched=s)
+    _throughputs(lab, res, batched=lab.endpoint("main", procs["server-embedder"], "server"),
+                 unbatched=lab.endpoint("main", procs["server-embedder-unbatched"], "server"))
     return res
 
 
 def naive(lab: Lab) -> CaseResult:
     res = new_result("naive")
     procs = lab.need("main", "server-embedder", "gateway", "naive-app")
-    tandem = lab.endpoint("main", procs["gateway"], "embedder")
-    plain = lab.endpoint("main", procs["naive-app"], "server")
-    lab.warm(tandem, 32)
-    lab.warm(plain, 32)
-    t, p = alternate(lab.config.reps, lambda: lab.hit(tandem, 32), lambda: lab.hit(plain, 32))
-    res.ratio = paired_ratio(_rps(t), _rps(p))
-    res.raw = {"tandem": t, "naive": p}
-    res.summary = (f"{median(_rps(t)):.0f} vs {median(_rps(p)):.0f} req/s; p99 {median(_p(t, 'lat_p99_ms')):.0f} "
-                   f"vs {median(_p(p, 'lat_p99_ms')):.0f} ms")
-    _check(res, tandem=t, naive=p)
+    t, p = _throughputs(lab, res, tandem=lab.endpoint("main", procs["gateway"], "embedder"),
+                        naive=lab.endpoint("main", procs["naive-app"], "server"))
+    res.summary += f"; p99 {median(_p(t, 'lat_p99_ms')):.0f} vs {median(_p(p, 'lat_p99_ms')):.0f} ms"
     return res
 
 
@@ -206,13 +205,6 @@ def cache(lab: Lab) -> CaseResult:
 def logging(lab: Lab) -> CaseResult:
     res = new_result("logging")
     procs = lab.need("main", "server-embedder", "gateway", "gateway-nolog")
-    on = lab.endpoint("main", procs["gateway"], "embedder")
-    off = lab.endpoint("main", procs["gateway-nolog"], "embedder")
-    lab.warm(on, 32)
-    lab.warm(off, 32)
-    a, b = alternate(lab.config.reps, lambda: lab.hit(on, 32), lambda: lab.hit(off, 32))
-    res.ratio = paired_ratio(_rps(a), _rps(b))
-    res.raw = {"log_on": a, "log_off": b}
-    res.summary = f"{median(_rps(a)):.0f} vs {median(_rps(b)):.0f} req/s"
-    _check(res, log_on=a, log_off=b)
+    _throughputs(lab, res, log_on=lab.endpoint("main", procs["gateway"], "embedder"),
+                 log_off=lab.endpoint("main", procs["gateway-nolog"], "embedder"))
     return res

@@ -25,9 +25,6 @@ from lakehouse.sql import sql_literal
 
 logger = logging.getLogger(__name__)
 
-_DUCKDB_TYPES = {"date32[day]": "DATE", "string": "VARCHAR", "large_string": "VARCHAR", "int32": "INTEGER",
-                 "int64": "BIGINT", "bool": "BOOLEAN"}
-"""Arrow type -> DuckDB type, for the partition columns a snapshot view reads from file paths."""
 
 
 class Lake:
@@ -268,7 +265,7 @@ class Lake:
                 hit = [seg for seg in segments if seg.startswith(f"{col}=")]
                 if len(hit) != 1 or hit[0] == f"{col}=__HIVE_DEFAULT_PARTITION__":
                     return None  # a partition value is not (only) in the path, or is null
-        types = {col: _DUCKDB_TYPES.get(str(tdef.schema.field(col).type)) for col in parts}
+        types = {col: _sql.duckdb_type(tdef.schema.field(col).type) for col in parts}
         if None in types.values():
             return None
         schema = pa.schema(table.schema().to_arrow())

@@ -80,7 +80,14 @@ class ParquetSnapshot:
         return path
 
 
+_DUCKDB_TYPES = {"date32[day]": "DATE", "string": "VARCHAR", "large_string": "VARCHAR", "int32": "INTEGER",
+                 "int64": "BIGINT", "bool": "BOOLEAN"}
 _DUMMY = {"DATE": "1970-01-01", "VARCHAR": "_", "INTEGER": "0", "BIGINT": "0", "BOOLEAN": "false"}
+
+
+def duckdb_type(arrow_type: pa.DataType) -> str | None:
+    """The DuckDB type a partition column of `arrow_type` is read as from file paths (None: not supported)."""
+    return _DUCKDB_TYPES.get(str(arrow_type))
 
 
 Source = ds.Dataset | ParquetSnapshot

@@ -89,12 +89,10 @@ class Coalescer:
         except TimeoutError:
             raise CallTimeout(f"{base_url} did not answer within {timeout_s * 1000:.0f} ms") from None
         finally:
-            if not member.future.done():  # timed out or cancelled before its call was sent
+            if not member.future.done():  # timed out or cancelled: its share of an answer is dropped
                 member.future.cancel()
-                try:
+                if member in lane.pending:  # not sent yet: it never will be
                     lane.pending.remove(member)
-                except ValueError:
-                    pass  # already sent: its share of the answer is dropped
 
     async def drain(self) -> None:
         """Wait for the calls in flight (at shutdown)."""

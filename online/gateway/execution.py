@@ -15,7 +15,7 @@ from models.workflows import WorkflowSpec
 from online.gateway.cache import content_hash
 from online.gateway.deps import Caller
 from online.gateway.engine import RequestContext, StepReport
-from online.gateway.problems import InvalidInput
+from online.gateway.problems import invalid_input
 from online.gateway.runtime import Runtime
 
 JSON = "application/json"
@@ -36,11 +36,7 @@ def validate(model: type[BaseModel], data: Any, where: str) -> dict:
     try:
         return model.model_validate(data).model_dump(exclude_none=True)
     except ValidationError as exc:
-        errors = [
-            {"field": ".".join([where, *(str(p) for p in err["loc"])]), "message": err["msg"]}
-            for err in exc.errors()
-        ]
-        raise InvalidInput(errors) from None
+        raise invalid_input(exc.errors(), where) from None
 
 
 def request_context(runtime: Runtime, caller: Caller, *, deadline_ms: int | None, spec: WorkflowSpec | None,

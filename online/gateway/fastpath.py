@@ -12,7 +12,6 @@ FastAPI too (tests check both paths give the same answers).
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -24,14 +23,12 @@ from starlette.responses import Response
 from online.gateway.api_models import EmbeddingsRequest, PredictRequest, RerankRequest, RunRequest
 from online.gateway.deps import parse_deadline, resolve_caller
 from online.gateway.execution import Call
-from online.gateway.problems import GatewayError, InvalidInput, problem_response
+from online.gateway.problems import GatewayError, invalid_input, problem_response, unhandled_response
 from online.gateway.routes.models import embeddings_core, predict_core, rerank_core
 from online.gateway.routes.workflows import run_workflow_core
 from online.gateway.runtime import Runtime
 
 __all__ = ["FastPath"]
-
-logger = logging.getLogger("online.gateway.problems")
 
 _HEADERS = (b"authorization", b"x-api-key", b"x-routing-key", b"traceparent")
 
@@ -77,11 +74,8 @@ class FastPath:
             response = await self._answer(route, params, scope, receive, headers, request_id)
         except GatewayError as err:
             response = problem_response(err, scope["path"], request_id)
-        except Exception as exc:  # the same 500 as problems._on_unhandled
-            logger.error("unhandled error on POST %s (request_id=%s)", scope["path"], request_id, exc_info=exc)
-            response = problem_response(
-                GatewayError(f"the gateway failed unexpectedly; quote request_id {request_id} when reporting it"),
-                scope["path"], request_id)
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback and answered 500, as the FastAPI routes do
+            response = unhandled_response("POST", scope["path"], request_id, exc)
         await response(scope, receive, send)
 
     async def _answer(self, route: _Route, params: dict[str, str], scope, receive,
@@ -97,8 +91,7 @@ class FastPath:
         try:
             body = route.body.model_validate_json(raw)
         except ValidationError as exc:
-            raise InvalidInput([{"field": ".".join(["body", *(str(p) for p in e["loc"])]), "message": e["msg"]}
-                                for e in exc.errors()]) from None
+            raise invalid_input(exc.errors(), "body") from None
         call = Call(runtime, caller, deadline, _header(headers, b"idempotency-key"))
         return await route.core(call, *params.values(), body)
 

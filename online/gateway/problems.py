@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -48,8 +48,10 @@ __all__ = [
     "Unauthorized",
     "UpstreamError",
     "install_problem_handlers",
+    "invalid_input",
     "problem_response",
     "retry_after_seconds",
+    "unhandled_response",
 ]
 
 logger = logging.getLogger(__name__)
@@ -128,6 +130,19 @@ class InvalidInput(GatewayError):
             if len(self.errors) > 10:
                 detail += f"; and {len(self.errors) - 10} more (see errors)"
         super().__init__(detail or "the request is invalid", **kwargs)
+
+
+def invalid_input(errors: Iterable[Mapping[str, Any]], *prefix: str) -> InvalidInput:
+    """An `InvalidInput` from pydantic/FastAPI error dicts, each field named `prefix.loc` (`body.instances.0.text`)."""
+    return InvalidInput([{"field": ".".join([*prefix, *(str(p) for p in e.get("loc", ()))]) or "body",
+                          "message": str(e.get("msg", ""))} for e in errors])
+
+
+def unhandled_response(method: str, path: str, request_id: str, exc: BaseException) -> Response:
+    """The 500 for an unexpected error: logged with its traceback, answered naming only the request id."""
+    logger.error("unhandled error on %s %s (request_id=%s)", method, path, request_id, exc_info=exc)
+    err = GatewayError(f"the gateway failed unexpectedly; quote request_id {request_id} when reporting it")
+    return problem_response(err, path, request_id)
 
 
 def retry_after_seconds(seconds: float) -> int:
@@ -224,14 +239,9 @@ async def _on_gateway_error(request: Request, exc: Exception) -> Response:
     return problem_response(exc, request.url.path, _request_id(request))
 
 
-def _field_path(loc: Any) -> str:
-    return ".".join(str(part) for part in loc) if isinstance(loc, (list, tuple)) else str(loc)
-
-
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = [{"field": _field_path(e.get("loc", ())), "message": str(e.get("msg", ""))} for e in exc.errors()]
-    return problem_response(InvalidInput(errors), request.url.path, _request_id(request))
+    return problem_response(invalid_input(exc.errors()), request.url.path, _request_id(request))
 
 
 class _HTTPProblem(GatewayError):
@@ -254,9 +264,4 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def _on_unhandled(request: Request, exc: Exception) -> Response:
-    rid = _request_id(request)
-    logger.error(
-        "unhandled error on %s %s (request_id=%s)", request.method, request.url.path, rid, exc_info=exc
-    )
-    err = GatewayError(f"the gateway failed unexpectedly; quote request_id {rid} when reporting it")
-    return problem_response(err, request.url.path, rid)
+    return unhandled_response(request.method, request.url.path, _request_id(request), exc)

@@ -35,6 +35,20 @@ def one(text: str) -> list[dict]:
     return [{"text": text}]
 
 
+async def in_flight(co: Coalescer, text: str = "x", settle_s: float = 0.005) -> asyncio.Task:
+    """Start one call and let it leave, so the callers after it wait in the lane."""
+    task = asyncio.create_task(co.predict(URL, "1", one(text), timeout_s=5))
+    await asyncio.sleep(settle_s)
+    return task
+
+
+async def busy(co: Coalescer, wave: int) -> None:
+    """Make the lane busy: a call in flight, then a wave of `wave` callers that leaves as one call."""
+    blocker = await in_flight(co)
+    await asyncio.gather(blocker, *(asyncio.create_task(co.predict(URL, "1", one(f"w{i}"), timeout_s=5))
+                                    for i in range(wave)))
+
+
 async def test_a_lone_call_is_sent_at_once_and_alone():
     send = FakeSend()
     co = Coalescer(send, window_s=1.0)  # a window this long would show if a lone call waited
@@ -61,8 +75,7 @@ async def test_calls_arriving_during_a_call_leave_together_and_get_their_own_out
 async def test_versions_never_share_a_call_and_batches_respect_max_instances():
     send = FakeSend(delay_s=0.02)
     co = Coalescer(send, max_instances=4, window_s=0)
-    blocker = asyncio.create_task(co.predict(URL, "1", one("x"), timeout_s=5))
-    await asyncio.sleep(0.005)
+    blocker = await in_flight(co)
     tasks = [asyncio.create_task(co.predict(URL, v, one(f"{v}-{i}"), timeout_s=5)) for i in range(6) for v in "12"]
     await asyncio.gather(blocker, *tasks)
     for version, texts, _ in send.calls:
@@ -73,22 +86,20 @@ async def test_versions_never_share_a_call_and_batches_respect_max_instances():
 async def test_a_callers_timeout_fails_only_that_caller():
     send = FakeSend(delay_s=0.2)
     co = Coalescer(send, window_s=0)
-    busy = asyncio.create_task(co.predict(URL, "1", one("busy"), timeout_s=5))
-    await asyncio.sleep(0.01)
+    first = await in_flight(co, "busy", settle_s=0.01)
     hasty = asyncio.create_task(co.predict(URL, "1", one("hasty"), timeout_s=0.05))
     patient = asyncio.create_task(co.predict(URL, "1", one("patient"), timeout_s=5))
     with pytest.raises(CallTimeout, match="50 ms"):
         await hasty
     assert (await patient).outputs == [{"echo": "patient"}]
-    await busy
+    await first
     assert ["hasty" in texts for _, texts, _ in send.calls] == [False, False]  # it left before being sent
 
 
 async def test_a_rejected_merged_call_is_retried_per_member_so_only_the_bad_input_fails():
     send = FakeSend(delay_s=0.02, reject="bad")
     co = Coalescer(send, window_s=0)
-    blocker = asyncio.create_task(co.predict(URL, "1", one("x"), timeout_s=5))
-    await asyncio.sleep(0.005)
+    blocker = await in_flight(co)
     good = asyncio.create_task(co.predict(URL, "1", one("good"), timeout_s=5))
     bad = asyncio.create_task(co.predict(URL, "1", one("bad"), timeout_s=5))
     await blocker
@@ -100,8 +111,7 @@ async def test_a_rejected_merged_call_is_retried_per_member_so_only_the_bad_inpu
 async def test_a_failed_merged_call_reaches_every_member_with_its_own_exception():
     send = FakeSend(delay_s=0.02, fail=True)
     co = Coalescer(send, window_s=0)
-    blocker = asyncio.create_task(co.predict(URL, "1", one("x"), timeout_s=5))
-    await asyncio.sleep(0.005)
+    blocker = await in_flight(co)
     tasks = [asyncio.create_task(co.predict(URL, "1", one(str(i)), timeout_s=5)) for i in range(3)]
     errors = await asyncio.gather(blocker, *tasks, return_exceptions=True)
     assert all(isinstance(e, RetryableCallError) and e.status == 503 for e in errors)
@@ -112,8 +122,7 @@ async def test_a_failed_merged_call_reaches_every_member_with_its_own_exception(
 async def test_a_cancelled_waiting_caller_is_not_sent():
     send = FakeSend(delay_s=0.05)
     co = Coalescer(send, window_s=0)
-    blocker = asyncio.create_task(co.predict(URL, "1", one("x"), timeout_s=5))
-    await asyncio.sleep(0.005)
+    blocker = await in_flight(co)
     gone = asyncio.create_task(co.predict(URL, "1", one("gone"), timeout_s=5))
     stays = asyncio.create_task(co.predict(URL, "1", one("stays"), timeout_s=5))
     await asyncio.sleep(0.005)
@@ -125,10 +134,7 @@ async def test_a_cancelled_waiting_caller_is_not_sent():
 async def test_after_a_busy_wave_the_next_call_waits_for_the_rest_of_the_wave():
     send = FakeSend(delay_s=0.03)
     co = Coalescer(send, window_s=0.05)
-    blocker = asyncio.create_task(co.predict(URL, "1", one("x"), timeout_s=5))
-    await asyncio.sleep(0.005)
-    wave = [asyncio.create_task(co.predict(URL, "1", one(f"w{i}"), timeout_s=5)) for i in range(4)]
-    await asyncio.gather(blocker, *wave)  # the wave of 4 went as one call: the lane is busy now
+    await busy(co, 4)  # the wave of 4 went as one call: the lane is busy now
     # The next wave trickles in 10 ms apart; it still leaves as one call (the 50 ms window).
     stragglers = []
     for i in range(4):
@@ -144,10 +150,7 @@ async def test_after_a_busy_wave_the_next_call_waits_for_the_rest_of_the_wave():
 async def test_a_trickling_wave_keeps_the_window_open_until_it_stops_or_max_wait():
     send = FakeSend(delay_s=0.02)
     co = Coalescer(send, window_s=0.03, max_wait_s=0.2)
-    blocker = asyncio.create_task(co.predict(URL, "1", one("x"), timeout_s=5))
-    await asyncio.sleep(0.005)
-    wave = [asyncio.create_task(co.predict(URL, "1", one(f"w{i}"), timeout_s=5)) for i in range(8)]
-    await asyncio.gather(blocker, *wave)  # last call carried 8: the lane is busy
+    await busy(co, 8)
     # 6 requests 20 ms apart: each arrives within the 30 ms gap of the one before, so all 6 leave
     # together, although the first waited 100 ms in all (more than the gap, less than max_wait).
     trickle = []
@@ -159,10 +162,7 @@ async def test_a_trickling_wave_keeps_the_window_open_until_it_stops_or_max_wait
 
     co = Coalescer(send, window_s=0.03, max_wait_s=0.05)
     send.calls.clear()
-    blocker = asyncio.create_task(co.predict(URL, "1", one("x"), timeout_s=5))
-    await asyncio.sleep(0.005)
-    wave = [asyncio.create_task(co.predict(URL, "1", one(f"w{i}"), timeout_s=5)) for i in range(8)]
-    await asyncio.gather(blocker, *wave)
+    await busy(co, 8)
     trickle = []
     for i in range(6):
         trickle.append(asyncio.create_task(co.predict(URL, "1", one(f"t{i}"), timeout_s=5)))
