@@ -10,7 +10,9 @@
     │   ├── UnknownVersionError     no such version (or alias) of a model
     │   ├── SchemaHashMismatchError a version's schema hash differs from its task's contract
     │   └── InvalidRegistryOperation  e.g. canary weight outside [0, 1], rollback with no history
-    └── WorkflowError               a workflow spec is invalid (names the step) or unknown
+    ├── WorkflowError               a workflow spec is invalid (names the step) or unknown
+    └── TenancyError                tenant configuration is invalid, or no tenant of that name
+        └── UnknownTenantError      no tenant of that name
 """
 
 from __future__ import annotations
@@ -58,3 +60,11 @@ class InvalidRegistryOperation(RegistryError):
 
 class WorkflowError(TandemModelError):
     """A workflow spec is invalid, or no workflow of that name exists."""
+
+
+class TenancyError(TandemModelError):
+    """Tenant configuration is invalid (names the tenant and field), or a tenant operation failed."""
+
+
+class UnknownTenantError(TenancyError):
+    """No tenant of that name exists."""
