@@ -1,6 +1,7 @@
 """`python -m online.servers`: run one model server.
 
 python -m online.servers --home DIR MODEL [--versions 1,2] [--port 8100] [--max-batch-size 32]
+    (follows the registry: versions that gain an alias load while serving; --no-watch to pin)
 python -m online.servers --spec spec.json [--port 8100]
 """
 
@@ -30,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="inference worker processes per device")
     p.add_argument("--torch-threads", type=int, help="torch threads per worker (default: cores // workers)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--registry-poll-s", type=float, help="seconds between registry polls (default 2)")
+    p.add_argument("--release-grace-s", type=float,
+                   help="seconds a version that lost every alias stays loaded (default 60)")
+    p.add_argument("--no-watch", action="store_true",
+                   help="serve only the versions given at start; do not follow the registry")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -44,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers,
         "torch_threads": args.torch_threads,
         "device": args.device,
+        "registry_poll_s": args.registry_poll_s,
+        "release_grace_s": args.release_grace_s,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     try:
@@ -60,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             settings = TandemSettings(home=args.home) if args.home else TandemSettings()
             versions = [v.strip() for v in args.versions.split(",") if v.strip()] if args.versions else None
             spec = resolve_deployment(settings, args.model, versions, **overrides)
+        if args.no_watch:
+            spec = spec.model_copy(update={"registry_root": None})
         serve_deployment(spec, args.host, args.port, log_level=args.log_level)
     except ServerError as exc:
         logger.error("%s", exc)

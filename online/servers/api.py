@@ -19,6 +19,7 @@ when only its version's model call failed).
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import sys
 import time
@@ -36,8 +37,10 @@ from starlette.responses import Response
 from models.errors import DigestMismatchError, SchemaError
 from models.ops import ModelOp, check_outputs, load_op
 from models.schemas import get_task
+from online.servers._lifetime import die_with_parent
 from online.servers.deployment import DeploymentSpec, VersionSpec
 from online.servers.metrics import server_metrics
+from online.servers.versions import STATUS_DIR_ENV, RegistryWatcher, ServedVersions
 
 __all__ = ["MAX_INPUTS_PER_REQUEST", "DeploymentAPI", "fetch_artifact"]
 
@@ -94,54 +97,70 @@ class DeploymentAPI(ls.LitAPI):
     # --- LitAPI hooks -------------------------------------------------------------------
 
     def setup(self, device: str) -> None:
-        """Fetch and verify every version's artifact, then load its op; any failure keeps /health at 503."""
+        """Fetch and verify every version's artifact, then load its op; any failure keeps /health at 503.
+
+        With `registry_root` set, a watcher thread then keeps the loaded versions in step with the
+        registry's aliases (see `online.servers.versions`).
+        """
         configure_logging(self.log_level)
+        if multiprocessing.parent_process() is not None:  # a spawned worker: never outlive the server
+            die_with_parent()
         dep = self.deployment
         threads = dep.resolved_torch_threads()
         _limit_threads(threads)
         self._metrics = server_metrics()
         self._request_model = _request_model(dep.task)
-        for spec in dep.versions:
-            started = time.perf_counter()
-            try:
-                path = fetch_artifact(dep, spec)
-            except DigestMismatchError:
-                logger.error(
-                    "REFUSING to serve %s version %s: artifact %s does not hash to its recorded sha256 %s; "
-                    "the server will not become healthy",
-                    dep.model,
-                    spec.version,
-                    spec.artifact_uri,
-                    spec.sha256,
-                )
-                raise
-            op = load_op(path, device)
-            if op.task != dep.task:
-                raise SchemaError(
-                    f"{dep.model} version {spec.version} is a {op.task!r} model but the deployment "
-                    f"serves task {dep.task!r}"
-                )
-            self._ops[spec.version] = op
-            logger.info(
-                "loaded %s version %s (sha256 %s…) on %s in %.2f s",
+        self._device = device
+        self._served = ServedVersions(dep, self._load_version, status_dir=os.environ.get(STATUS_DIR_ENV))
+        self._served.load_initial()
+        self._ops = self._served.ops
+        _limit_threads(threads)  # again: a version's load may have imported torch just now
+        if dep.registry_root:
+            self._watcher = RegistryWatcher(self._served, _open_registry(dep), poll_s=dep.registry_poll_s,
+                                            release_grace_s=dep.release_grace_s)
+            self._watcher.start()
+        logger.info("worker ready: %s versions %s, %d torch threads", dep.model, dep.version_names, threads)
+
+    def _load_version(self, spec: VersionSpec) -> ModelOp:
+        dep = self.deployment
+        started = time.perf_counter()
+        try:
+            path = fetch_artifact(dep, spec)
+        except DigestMismatchError:
+            logger.error(
+                "REFUSING to serve %s version %s: artifact %s does not hash to its recorded sha256 %s",
                 dep.model,
                 spec.version,
-                spec.sha256[:12],
-                device,
-                time.perf_counter() - started,
+                spec.artifact_uri,
+                spec.sha256,
             )
-        _limit_threads(threads)  # again: a version's load may have imported torch just now
-        logger.info("worker ready: %s versions %s, %d torch threads", dep.model, dep.version_names, threads)
+            raise
+        op = load_op(path, self._device)
+        if op.task != dep.task:
+            raise SchemaError(
+                f"{dep.model} version {spec.version} is a {op.task!r} model but the deployment "
+                f"serves task {dep.task!r}"
+            )
+        _limit_threads(dep.resolved_torch_threads())
+        logger.info(
+            "loaded %s version %s (sha256 %s…) on %s in %.2f s",
+            dep.model,
+            spec.version,
+            spec.sha256[:12],
+            self._device,
+            time.perf_counter() - started,
+        )
+        return op
 
     def decode_request(self, request: dict) -> _Decoded | _Rejected:
         asked = request.get("version") if isinstance(request, dict) else None
         if asked is not None and str(asked) not in self._ops:
             detail = (
-                f"model {self.deployment.model!r} has no version {str(asked)!r} in this deployment; "
-                f"it serves {', '.join(self.deployment.version_names)}"
+                f"model {self.deployment.model!r} has no version {str(asked)!r} loaded on this server; "
+                f"it serves {', '.join(sorted(self._ops))}"
             )
             return _Rejected(404, detail, UNKNOWN_VERSION_LABEL, "unknown_version")
-        version = self.deployment.default_version if asked is None else str(asked)
+        version = self._served.default if asked is None else str(asked)
         try:
             body = self._request_model.model_validate(request)
         except ValidationError as exc:
@@ -179,7 +198,12 @@ class DeploymentAPI(ls.LitAPI):
         results: list[Any] = list(items)
         for version, indices in by_version.items():
             flat = [inp for i in indices for inp in items[i].inputs]
-            op = self._ops[version]
+            op = self._ops.get(version)
+            if op is None:  # released between decoding and now (after its grace period)
+                for i in indices:
+                    results[i] = _Rejected(404, f"{model} version {version} is no longer served here", version,
+                                           "unknown_version")
+                continue
             started = time.perf_counter()
             try:
                 outputs = check_outputs(op, flat, op.predict_batch(flat))
@@ -201,6 +225,15 @@ class DeploymentAPI(ls.LitAPI):
 
     def observe_queue_wait(self, seconds: float) -> None:
         self._metrics.queue_wait.labels(self.deployment.model).observe(seconds)
+
+
+def _open_registry(dep: DeploymentSpec) -> Any:
+    from lakehouse import Lake
+    from models.artifacts import ArtifactStore
+    from models.registry import Registry
+
+    opts = dep.storage_options or None
+    return Registry(Lake(dep.registry_root, opts), ArtifactStore(dep.artifacts_root, opts))
 
 
 def _limit_threads(threads: int) -> None:

@@ -59,6 +59,14 @@ class DeploymentSpec(BaseModel):
     workers: int = Field(default=1, ge=1)
     torch_threads: int | None = Field(default=None, ge=1, description="None: usable cores // workers.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    registry_root: str | None = Field(
+        default=None,
+        description="Lake root of the registry to watch: versions that gain an alias are loaded while serving.",
+    )
+    registry_poll_s: float = Field(default=2.0, gt=0, le=300)
+    release_grace_s: float = Field(
+        default=60.0, ge=0, description="Seconds a version that lost every alias stays loaded before release."
+    )
 
     @field_validator("task")
     @classmethod
@@ -99,6 +107,7 @@ class DeploymentSpec(BaseModel):
             "batch_timeout": self.batch_timeout,
             "workers": self.workers,
             "torch_threads": self.resolved_torch_threads(),
+            "watches_registry": self.registry_root is not None,
         }
 
 

@@ -6,7 +6,9 @@ import http.client
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -15,10 +17,12 @@ from typing import Any
 
 import litserve as ls
 
+from online.servers._lifetime import die_with_parent
 from online.servers.api import DeploymentAPI, configure_logging
 from online.servers.deployment import DeploymentSpec, deployment_from_registry
 from online.servers.metrics import cleanup_metrics_dir, prepare_metrics_dir
 from online.servers.middleware import TraceContextMiddleware, metrics_endpoint
+from online.servers.versions import STATUS_DIR_ENV, merged_status
 
 __all__ = [
     "ServerError",
@@ -80,7 +84,7 @@ class _LitServer(ls.LitServer):
 
 
 def build_server(spec: DeploymentSpec, *, log_level: str = "info") -> _LitServer:
-    """The LitServer for `spec`: `POST /predict`, `/health`, `/info` (the deployment), `/metrics`."""
+    """The LitServer for `spec`: `POST /predict`, `/health`, `/info` (deployment + loaded versions), `/metrics`."""
     api = DeploymentAPI(spec, log_level=log_level)
     server = _LitServer(
         api,
@@ -88,8 +92,15 @@ def build_server(spec: DeploymentSpec, *, log_level: str = "info") -> _LitServer
         workers_per_device=spec.workers,
         model_metadata=spec.describe(),
         middlewares=[(TraceContextMiddleware, {"model": spec.model})],
+        info_path="/litserve/info",
     )
     server.app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+
+    async def info() -> dict[str, Any]:
+        """The deployment and the versions its workers have loaded (what the gateway may route here)."""
+        return {"model": spec.describe(), "served": merged_status(os.environ.get(STATUS_DIR_ENV), spec.workers)}
+
+    server.app.add_api_route("/info", info, methods=["GET"])
     # LitServe waits this long for uvicorn's graceful shutdown (default 30 s with open keep-alives).
     server.uvicorn_graceful_timeout = _UVICORN_GRACE_S
     server.monitor_internal = 0.5  # seconds between worker liveness checks (LitServe's spelling)
@@ -115,6 +126,9 @@ def serve_deployment(
     # p90 330 ms with spinning threads and 63 ms with passive ones. Inherited by the spawned workers.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     metrics_dir = prepare_metrics_dir(spec.model)
+    status_dir = tempfile.mkdtemp(prefix=f"tandem-status-{spec.model}-")
+    os.environ[STATUS_DIR_ENV] = status_dir  # the spawned workers report their versions here
+    os.register_at_fork(after_in_child=die_with_parent)
     stop_announcer = threading.Event()
     server: _LitServer | None = None
     try:
@@ -150,6 +164,7 @@ def serve_deployment(
         stop_announcer.set()
         _stop_children()
         cleanup_metrics_dir(metrics_dir)
+        shutil.rmtree(status_dir, ignore_errors=True)
         logger.info("model server %s stopped", spec.model)
     if server.worker_died:
         raise WorkerDiedError(f"model server {spec.model}: an inference worker died")
@@ -185,14 +200,17 @@ def resolve_deployment(
 
     opts = settings.storage_options or None
     registry = Registry(Lake(settings.lake_root, opts), ArtifactStore(settings.artifacts_root, opts))
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides.setdefault("registry_root", settings.lake_root)
     return deployment_from_registry(
         registry,
         name,
         versions,
         artifacts_root=settings.artifacts_root,
         storage_options=dict(settings.storage_options),
-        **{k: v for k, v in overrides.items() if v is not None},
+        **overrides,
     )
+
 
 
 @contextmanager

@@ -386,3 +386,62 @@ def test_a_dead_inference_worker_stops_the_server_with_an_error(store: ArtifactS
         assert not _alive(children)
     finally:
         srv.kill()
+
+
+# --- following the registry while serving ----------------------------------------------------
+
+
+def _wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def test_a_version_that_gains_an_alias_is_served_without_a_restart_and_released_after_grace(tmp: Path) -> None:
+    from lakehouse import Lake
+    from models.registry import Registry
+    from models.settings import TandemSettings
+    from online.servers import resolve_deployment
+
+    settings = TandemSettings(home=tmp / "watch-home")
+    registry = Registry(Lake(settings.lake_root), ArtifactStore(settings.artifacts_root))
+    for salt in ("one", "two"):
+        registry.register("emb", "embed", write_tiny_artifact(tmp / f"watch-{salt}", "tiny-embed", salt=salt))
+    registry.promote("emb", "1", actor="test")
+    spec = resolve_deployment(settings, "emb", registry_poll_s=0.3, release_grace_s=1.0)
+    srv = _Server(spec, tmp, "watching")
+    try:
+        srv.wait_healthy()
+        served = lambda: httpx.get(f"{srv.url}/info").json()["served"]  # noqa: E731
+        assert served()["loaded"] == ["1"]
+        assert httpx.post(f"{srv.url}/predict", json={"version": "2", "inputs": [{"text": "x"}]}).status_code == 404
+
+        registry.set_canary("emb", "2", 0.5, actor="test")
+        _wait_for(lambda: served()["loaded"] == ["1", "2"], 30, "version 2 to load")
+        r = httpx.post(f"{srv.url}/predict", json={"version": "2", "inputs": [{"text": "x"}]})
+        assert r.status_code == 200 and r.json()["outputs"][0]["embedding"] == pytest.approx(hash_vector("twox", 8))
+
+        registry.rollback("emb", actor="test", reason="test")
+        _wait_for(lambda: served()["loaded"] == ["1"], 30, "version 2 to be released")
+        assert httpx.post(f"{srv.url}/predict", json={"version": "2", "inputs": [{"text": "x"}]}).status_code == 404
+        assert "released emb version 2" in srv.log.read_text()
+    finally:
+        srv.stop()
+
+
+def test_kill_9_of_the_server_leaves_no_process_holding_its_port(store: ArtifactStore, tmp: Path) -> None:
+    srv = _Server(_spec(store, tmp), tmp, "kill-9")
+    try:
+        srv.wait_healthy()
+        children = _descendants(srv.proc.pid)
+        srv.proc.kill()  # SIGKILL to the server's main process only, as the OOM killer would
+        srv.proc.wait()
+        _wait_for(lambda: not _alive(children), 10, f"orphans {_alive(children)} to exit")
+        with socket.socket() as s:  # the port is free again
+            s.bind(("127.0.0.1", srv.port))
+    finally:
+        srv.kill()
