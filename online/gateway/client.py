@@ -129,6 +129,15 @@ class HttpTransport:
         except (aiohttp.ClientError, TimeoutError):
             return False
 
+    async def info(self, base_url: str, timeout_s: float = 1.0) -> dict | None:
+        """The server's `GET /info` (its deployment and loaded versions), or None when it cannot be asked."""
+        try:
+            async with self._http().get(f"{base_url}/info",
+                                        timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                return orjson.loads(await resp.read()) if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
+            return None
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -156,6 +165,11 @@ class ModelClient:
 
     async def health(self, base_url: str, timeout_s: float = 1.0) -> bool:
         return await self.transport.health(base_url, timeout_s)
+
+    async def info(self, base_url: str, timeout_s: float = 1.0) -> dict | None:
+        """What the server at `base_url` has loaded; None when unknown (or the transport cannot ask)."""
+        ask = getattr(self.transport, "info", None)
+        return await ask(base_url, timeout_s) if ask is not None else None
 
     async def aclose(self) -> None:
         if self.coalescer is not None:

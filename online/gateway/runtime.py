@@ -23,6 +23,7 @@ from online.gateway.breaker import BreakerBoard
 from online.gateway.cache import PredictionCache
 from online.gateway.client import ModelClient
 from online.gateway.engine import WorkflowEngine
+from online.gateway.fleet import ServedView
 from online.gateway.idempotency import IdempotencyStore
 from online.gateway.limits import QuotaTracker, RateLimiter
 from online.gateway.logsink import PredictionLog
@@ -92,7 +93,8 @@ class Runtime:
         self.quotas = QuotaTracker()
         self.idempotency = IdempotencyStore(ttl_s=gateway.idempotency_ttl_s)
         self.servers = ServerDirectory(gateway.servers, settings.home.absolute() / DEPLOYMENTS_FILE)
-        self.states: dict[str, Any] = {}
+        self.states: dict[str, Any] = {}  # what routing uses: the registry's, less versions not loaded yet
+        self.registry_states: dict[str, Any] = {}
         self._appender = None
         self.tasks: dict[str, str] = {}
         self.versions: dict[str, set[str]] = {}
@@ -110,6 +112,7 @@ class Runtime:
                           flush_interval_s=gateway.log_flush_s)
             if gateway.log_enabled else None
         )
+        self.served = ServedView(self.servers, self.client.info)
         self.engine = WorkflowEngine(
             client=self.client, servers=self.servers, states=lambda: self.states, router=Router(), versions=lambda: self.versions,
             cache=self.cache, breakers=self.breakers, log=self.log, metrics=self.metrics,
@@ -141,13 +144,21 @@ class Runtime:
     def refresh_registry(self) -> None:
         """Fold the registry events now (called by the poller and after admin changes)."""
         summaries = self.registry.list_models()
-        self.states = {m.name: m.state for m in summaries}
+        self.registry_states = {m.name: m.state for m in summaries}
+        self.states = self.served.effective(self.registry_states)
         self.tasks = {m.name: m.task for m in summaries}
         self.versions = {m.name: set(m.versions) for m in summaries}
         self.last_refresh = time.time()
         self.metrics.registry_version.set(self.last_refresh)
 
+    async def refresh_served(self) -> None:
+        """Ask the model servers what they have loaded and re-derive the routing states."""
+        self.servers.refresh()
+        await self.served.refresh()
+        self.states = self.served.effective(self.registry_states)
+
     async def start(self) -> None:
+        await self.refresh_served()
         await asyncio.to_thread(self.refresh_registry)
         if self.log is not None:
             self.log.start()
@@ -167,7 +178,7 @@ class Runtime:
             await asyncio.sleep(self.gateway.registry_poll_s)
             try:
                 await asyncio.to_thread(self.refresh_registry)
-                self.servers.refresh()
+                await self.refresh_served()
                 self.tenants.reload_if_changed()
             except Exception:  # keep serving on the last good view; the next poll retries
                 log.exception("registry refresh failed; serving the previous view")
