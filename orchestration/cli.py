@@ -63,6 +63,48 @@ def friendly(fn):
     return wrapper
 
 
+def _say(message: str) -> None:
+    console.print(message, highlight=False, soft_wrap=True)
+
+
+def _state_line(state) -> str:
+    """One readable line for a model's alias state, e.g. `classifier: stable 1 · canary 2 at 10% · no shadow`."""
+    parts = [f"stable {state.stable}" if state.stable else "no stable version"]
+    parts.append(f"canary {state.canary} at {state.canary_weight:.0%}" if state.canary else "no canary")
+    parts.append(f"shadow {state.shadow}" if state.shadow else "no shadow")
+    return f"{state.name}: " + " · ".join(parts)
+
+
+Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the running model servers have loaded it.")]
+Force = Annotated[bool, typer.Option(help="Record the alias even if no running model server can serve it.")]
+WaitTimeout = Annotated[float, typer.Option(help="Seconds --wait waits at most.")]
+
+
+def _move_alias(name: str, version: str, move, *, wait: bool, force: bool, timeout: float) -> None:
+    """Check a server can serve `version`, move the alias, then wait for (or explain) the load."""
+    from orchestration.serving import check_servable, wait_until_loaded
+
+    s = settings()
+    reg = _platform().registry
+    target = reg.resolve(name, version).version
+    servers = [] if force else check_servable(s, name)
+    state = move(reg, target)
+    _say(_state_line(state))
+    if not servers:
+        if not force:
+            _say("the platform is not running; `tandem up` serves this version")
+        return
+    if all(target in r.loaded for r in servers):
+        _say(f"{name}@{target} is loaded on {len(servers)} server(s) and takes traffic now")
+    elif wait:
+        _say(f"waiting for {name}@{target} to load on the model server(s) ...")
+        waited = wait_until_loaded(s, name, target, timeout_s=timeout, say=_say)
+        _say(f"[green]{name}@{target} loaded in {waited:.0f} s[/green]; the gateway routes to it within a second")
+    else:
+        _say(f"the model server is loading {name}@{target}; the gateway routes to it once loaded "
+             f"(`tandem models status {name}`, or pass --wait next time)")
+
+
 def _table(title: str, columns: list[str], rows: list[list]) -> None:
     table = Table(title=title)
     for col in columns:
@@ -107,7 +149,27 @@ def models_show(name: str, version: Annotated[str | None, typer.Argument()] = No
     rows = [[v.version, v.sha256[:12], v.schema_hash[:12], json.dumps(v.metrics)[:60], v.created_at, v.description]
             for v in reg.versions(name)]
     _table(f"{name}", ["version", "sha256", "schema", "metrics", "created", "description"], rows)
-    console.print(asdict(reg.state(name)))
+    _say(_state_line(reg.state(name)))
+
+
+@models_app.command("status")
+@friendly
+def models_status(name: Annotated[str | None, typer.Argument(help="One model; default: all.")] = None) -> None:
+    """What the running model servers have loaded, next to where the registry's aliases point."""
+    from orchestration.serving import server_reports
+
+    reports = server_reports(settings(), name)
+    if not reports:
+        _say("no model servers recorded: start the platform with `tandem up`")
+        return
+    states = _platform().registry.states()
+    rows = []
+    for r in reports:
+        st = states.get(r.model)
+        aliases = _state_line(st).split(": ", 1)[1] if st else ""
+        rows.append([r.model, r.url, "yes" if r.reachable else "NO", ", ".join(r.loaded), ", ".join(r.loading),
+                     "; ".join(f"{v}: {why}" for v, why in r.failed.items()), aliases])
+    _table("model servers", ["model", "server", "up", "loaded", "loading", "failed", "registry"], rows)
 
 
 @models_app.command("history")
@@ -135,6 +197,8 @@ def models_register(
                                        metrics=json.loads(metrics) if metrics else None,
                                        description=description, actor=actor)
     console.print(f"registered {mv.name}@{mv.version} sha256={mv.sha256[:16]}")
+    _say(f"next: tandem models canary {mv.name} {mv.version} --weight 0.1 --wait   (a running model server "
+         "loads it; the gateway sends it 10% of traffic once loaded)")
 
 
 @models_app.command("train")
@@ -170,14 +234,17 @@ def models_train(
         reg.promote(name, mv.version, actor=actor, reason="trained and promoted from the CLI")
         console.print(f"{mv.name}@{mv.version} is now stable")
     else:
-        console.print(f"try it as a canary: tandem models canary {name} {mv.version} --weight 0.1")
+        _say(f"next: tandem models canary {name} {mv.version} --weight 0.1 --wait   (a running model server "
+             "loads it; the gateway sends it 10% of traffic once loaded)")
 
 
 @models_app.command("promote")
 @friendly
-def models_promote(name: str, version: str, actor: Actor = "cli", reason: Reason = None) -> None:
+def models_promote(name: str, version: str, actor: Actor = "cli", reason: Reason = None, wait: Wait = False,
+                   force: Force = False, timeout: WaitTimeout = 300) -> None:
     """Make VERSION the stable version."""
-    console.print(asdict(_platform().registry.promote(name, version, actor=actor, reason=reason)))
+    _move_alias(name, version, lambda reg, v: reg.promote(name, v, actor=actor, reason=reason),
+                wait=wait, force=force, timeout=timeout)
 
 
 @models_app.command("canary")
@@ -188,9 +255,13 @@ def models_canary(
     weight: Annotated[float, typer.Option(help="Share of traffic, 0..1.")] = 0.1,
     actor: Actor = "cli",
     reason: Reason = None,
+    wait: Wait = False,
+    force: Force = False,
+    timeout: WaitTimeout = 300,
 ) -> None:
     """Route WEIGHT of traffic (sticky per routing key) to VERSION."""
-    console.print(asdict(_platform().registry.set_canary(name, version, weight, actor=actor, reason=reason)))
+    _move_alias(name, version, lambda reg, v: reg.set_canary(name, v, weight, actor=actor, reason=reason),
+                wait=wait, force=force, timeout=timeout)
 
 
 @models_app.command("shadow")
@@ -200,16 +271,23 @@ def models_shadow(
     version: Annotated[str | None, typer.Argument(help="Omit to clear the shadow.")] = None,
     actor: Actor = "cli",
     reason: Reason = None,
+    wait: Wait = False,
+    force: Force = False,
+    timeout: WaitTimeout = 300,
 ) -> None:
     """Copy traffic to VERSION off the response path."""
-    console.print(asdict(_platform().registry.set_shadow(name, version, actor=actor, reason=reason)))
+    if version is None:
+        _say(_state_line(_platform().registry.set_shadow(name, None, actor=actor, reason=reason)))
+        return
+    _move_alias(name, version, lambda reg, v: reg.set_shadow(name, v, actor=actor, reason=reason),
+                wait=wait, force=force, timeout=timeout)
 
 
 @models_app.command("rollback")
 @friendly
 def models_rollback(name: str, actor: Actor = "cli", reason: Reason = None) -> None:
     """Clear the canary, or move stable back to the previous stable version."""
-    console.print(asdict(_platform().registry.rollback(name, actor=actor, reason=reason)))
+    _say(_state_line(_platform().registry.rollback(name, actor=actor, reason=reason)))
 
 
 # --- workflows -----------------------------------------------------------------------------

@@ -153,8 +153,8 @@ def migrate_instance(settings: TandemSettings, say: Callable[[str], None] = prin
 
 def _alembic_head() -> str:
     from alembic.script import ScriptDirectory
-    from dagster._core.storage.sql import get_alembic_config
     from dagster._core.storage.schedules.sqlite import sqlite_schedule_storage
+    from dagster._core.storage.sql import get_alembic_config
 
     return ScriptDirectory.from_config(get_alembic_config(sqlite_schedule_storage.__file__)).get_current_head()
 
