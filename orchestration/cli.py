@@ -65,6 +65,7 @@ def friendly(fn):
 
 def _say(message: str) -> None:
     console.print(message, highlight=False, soft_wrap=True)
+    console.file.flush()  # progress must show at once, also when stdout is a file or a pipe
 
 
 def _state_line(state) -> str:
@@ -423,12 +424,26 @@ def up(
     host: str = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Gateway port; model servers take the ports after it.")] = 8000,
     dagster_port: Annotated[int, typer.Option(help="Dagster UI port; 0 leaves Dagster out.")] = 3000,
+    replicas: Annotated[list[str] | None, typer.Option(
+        help="MODEL=N model-server replicas for MODEL (repeatable), e.g. --replicas embedder=2")] = None,
 ) -> None:
     """Start the whole platform locally: model servers, gateway, Dagster UI + daemon (Ctrl-C stops all)."""
-    from orchestration.launcher import run_platform
+    from orchestration.launcher import LauncherError, run_platform
 
-    run_platform(settings(), host=host, port=port, dagster_port=dagster_port or None,
-                 say=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    counts: dict[str, int] = {}
+    for item in replicas or []:
+        model, _, n = item.partition("=")
+        if not model or not n.isdigit() or int(n) < 1:
+            err.print(f"[red]error:[/red] --replicas takes MODEL=N with N >= 1, e.g. embedder=2; got {item!r}")
+            raise typer.Exit(2)
+        counts[model] = int(n)
+    try:
+        code = run_platform(settings(), host=host, port=port, dagster_port=dagster_port or None, replicas=counts,
+                            say=_say)
+    except LauncherError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
 
 
 def main() -> None:

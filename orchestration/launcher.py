@@ -1,8 +1,18 @@
-"""`tandem up`: one model server per deployed model plus the gateway, as child processes.
+"""`tandem up`: the model servers, the gateway and Dagster as supervised child processes.
 
-Ctrl-C (or SIGTERM) stops every process this launcher started: children run in sessions of
-their own, so the terminal's Ctrl-C reaches only the launcher, which sends each child one SIGINT
-(the gateway flushes its prediction log), then SIGKILL after a grace period.
+Every child runs in a session (process group) of its own, so the terminal's Ctrl-C reaches only
+the launcher, and the launcher can stop a child together with every process it started.
+
+Supervision: a child that exits while the platform runs is restarted after a backoff (1 s, 2 s,
+4 s … 30 s), with a log line each time; its process group is killed first, so no worker of a dead
+model server keeps its port or answers /health. A child that crashes `MAX_CRASHES` times within
+`CRASH_WINDOW_S` is given up on: the platform stops (exit code 1) if it was the gateway, and keeps
+serving if it was a model server replica or a Dagster process. Dagster never takes the online path
+down: its storage is migrated before it starts, and a failure there only leaves Dagster out.
+
+Ctrl-C (or SIGTERM) sends each child one SIGINT (the gateway flushes its prediction log), then
+SIGKILL to its process group after a grace period. The exit code is 0 when everything stopped
+cleanly and 1 otherwise.
 """
 
 from __future__ import annotations
@@ -10,17 +20,20 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
 from models.settings import TandemSettings
-from online.gateway.runtime import DEPLOYMENTS_FILE
 from orchestration.bootstrap import Platform, demo_key, init_home
+from orchestration.serving import DEPLOYMENTS_FILE
 
 REFERENCE_MODELS = ("embedder", "classifier", "reranker")
 EXAMPLES = {
@@ -31,19 +44,55 @@ EXAMPLES = {
                                        "Rome hotel deals"]},
                "params": {"top_n": 2}},
 }
+MAX_CRASHES = 5
+CRASH_WINDOW_S = 300.0
+MAX_BACKOFF_S = 30.0
 
 
 @dataclass
 class Child:
+    """One supervised process: how to start it, and what happened to it."""
+
     name: str
-    proc: subprocess.Popen
+    command: list[str]
+    env: dict[str, str]
     health_url: str
+    cwd: Path | None = None
+    critical: bool = False  # the platform stops when it is given up on
+    proc: subprocess.Popen | None = None
+    crashes: deque = field(default_factory=deque)
+    restart_at: float | None = None
+    given_up: bool = False
+    healthy: bool = False
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, start_new_session=True)
+        self.restart_at = None
+        self.healthy = False
+
+    def kill_group(self) -> None:
+        """SIGKILL the child's whole process group (its workers too); quiet if already gone."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class LauncherError(RuntimeError):
+    """The platform could not start (a port taken, a child never healthy)."""
 
 
 def run_platform(settings: TandemSettings, *, host: str = "127.0.0.1", port: int = 8000,
-                 dagster_port: int | None = 3000, say: Callable[[str], None] = print,
-                 block: bool = True) -> list[Child]:
-    """Start everything, wait until healthy, print how to call it, then wait for Ctrl-C."""
+                 dagster_port: int | None = 3000, replicas: dict[str, int] | None = None,
+                 say: Callable[[str], None] = print, block: bool = True,
+                 server_args: list[str] | None = None) -> list[Child] | int:
+    """Start everything, wait until healthy, print how to call it, then supervise until Ctrl-C.
+
+    Returns the exit code when `block`, else the started children (tests stop them with
+    `stop_children`). `replicas` maps a model to its number of model-server replicas (default 1).
+    """
     _handle_stop_signals()
     platform = Platform.open(settings)
     models = {m.name: m for m in platform.registry.list_models()}
@@ -55,44 +104,85 @@ def run_platform(settings: TandemSettings, *, host: str = "127.0.0.1", port: int
     env = {**os.environ, "TANDEM_HOME": str(settings.home.absolute()), "PYTHONUNBUFFERED": "1",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     children: list[Child] = []
-    servers: dict[str, str] = {}
+    servers: dict[str, list[str]] = {}
+    replicas = replicas or {}
+    unknown = sorted(set(replicas) - set(models))
+    if unknown:
+        raise LauncherError(f"--replicas names models that are not registered: {', '.join(unknown)}")
     try:
-        deployed = [name for name, m in sorted(models.items()) if m.state.stable]
-        for i, name in enumerate(deployed, start=1):
-            mport = port + i
-            url = f"http://{host}:{mport}"
-            say(f"starting model server {name} (versions {', '.join(served_versions(models[name]))}) on {url}")
-            versions = served_versions(models[name])
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "online.servers", "--home", str(settings.home.absolute()), name,
-                 "--versions", ",".join(versions), "--host", host, "--port", str(mport)],
-                env=env, start_new_session=True)
-            children.append(Child(f"model server {name}", proc, f"{url}/health"))
-            servers[name] = url
-        (settings.home / DEPLOYMENTS_FILE).write_text(json.dumps(servers, indent=2))
+        next_port = port + 1
+        for name in sorted(n for n, m in models.items() if m.state.stable):
+            versions = served_versions(settings, models[name])
+            for replica in range(1, replicas.get(name, 1) + 1):
+                _require_free(host, next_port, f"model server {name}")
+                url = f"http://{host}:{next_port}"
+                label = f"model server {name}" + (f" #{replica}" if replicas.get(name, 1) > 1 else "")
+                say(f"starting {label} (versions {', '.join(versions)}; follows the registry) on {url}")
+                children.append(Child(label, [
+                    sys.executable, "-m", "online.servers", "--home", str(settings.home.absolute()), name,
+                    "--versions", ",".join(versions), "--host", host, "--port", str(next_port),
+                    *(server_args or [])], env, f"{url}/health"))
+                servers.setdefault(name, []).append(url)
+                next_port += 1
+        (settings.home / DEPLOYMENTS_FILE).write_text(
+            json.dumps({m: urls[0] if len(urls) == 1 else urls for m, urls in servers.items()}, indent=2))
+        _require_free(host, port, "the gateway")
         gateway_url = f"http://{host}:{port}"
         say(f"starting gateway on {gateway_url}")
-        proc = subprocess.Popen([sys.executable, "-m", "online.gateway", "--home", str(settings.home.absolute()),
-                                 "--host", host, "--port", str(port)], env=env, start_new_session=True)
-        children.append(Child("gateway", proc, f"{gateway_url}/readyz"))
+        children.append(Child("gateway", [sys.executable, "-m", "online.gateway", "--home",
+                                          str(settings.home.absolute()), "--host", host, "--port", str(port)],
+                              env, f"{gateway_url}/readyz", critical=True))
+        for child in children:
+            child.start()
         dagster_url = _start_dagster(settings, host, dagster_port, children, say) if dagster_port else None
         _wait_healthy(children, say)
         _banner(settings, gateway_url, dagster_url, say)
         if not block:
             return children
-        _wait_forever(children, say)
+        code = _supervise(children, say)
     except BaseException:
         stop_children(children, say)
         raise
-    stop_children(children, say)
-    return children
+    clean = stop_children(children, say)
+    return code if code else (0 if clean else 1)
 
 
-def served_versions(summary) -> list[str]:
-    """The aliased versions plus the newest one, so a fresh canary needs no server restart."""
+def served_versions(settings: TandemSettings, summary) -> list[str]:
+    """The versions a server starts with: the aliased ones and any a tenant pins (kept loaded for life).
+
+    Versions that gain an alias later are loaded by the server itself while it runs.
+    """
     state = summary.state
-    wanted = [v for v in (state.stable, state.canary, state.shadow, summary.versions[-1]) if v]
+    wanted = [v for v in (state.stable, state.canary, state.shadow) if v]
+    wanted += [v for v in _tenant_pins(settings, summary.name) if v in summary.versions]
     return list(dict.fromkeys(wanted))
+
+
+def _tenant_pins(settings: TandemSettings, model: str) -> list[str]:
+    path = settings.tenants_file
+    if not path.exists():
+        return []
+    import yaml
+
+    doc = yaml.safe_load(path.read_text()) or {}
+    tenants = doc.get("tenants", doc) if isinstance(doc, dict) else {}
+    pins = []
+    for cfg in (tenants.values() if isinstance(tenants, dict) else tenants or []):
+        if isinstance(cfg, dict):
+            pin = (cfg.get("model_pins") or cfg.get("pins") or {}).get(model)
+            if pin:
+                pins.append(str(pin))
+    return pins
+
+
+def _require_free(host: str, port: int, what: str) -> None:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise LauncherError(
+                f"port {port} on {host} (for {what}) is already in use: is another `tandem up` running? "
+                "Stop it, or start on other ports with `tandem up --port N`") from None
 
 
 def _wait_healthy(children: list[Child], say: Callable[[str], None], timeout_s: float = 300) -> None:
@@ -101,38 +191,99 @@ def _wait_healthy(children: list[Child], say: Callable[[str], None], timeout_s: 
     while pending:
         for name, child in list(pending.items()):
             if child.proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {child.proc.returncode}; see its log above")
-            if not child.health_url:  # no health endpoint: running is all we can check
-                del pending[name]
-                continue
-            try:
-                if httpx.get(child.health_url, timeout=2).status_code == 200:
-                    say(f"  ✓ {name} healthy")
+                if not child.critical and not child.health_url:
+                    say(f"  ✗ {name} exited with code {child.proc.returncode}; continuing without it")
                     del pending[name]
-            except httpx.HTTPError:
-                pass
+                    continue
+                raise LauncherError(f"{name} exited with code {child.proc.returncode} while starting; "
+                                    "see its log above")
+            if _is_healthy(child):
+                say(f"  ✓ {name} healthy")
+                child.healthy = True
+                del pending[name]
         if time.monotonic() > deadline:
-            raise RuntimeError(f"not healthy after {timeout_s:.0f} s: {', '.join(pending)}")
+            raise LauncherError(f"not healthy after {timeout_s:.0f} s: {', '.join(pending)}")
         if pending:
             time.sleep(0.5)
 
 
-def _start_dagster(settings: TandemSettings, host: str, port: int, children: list[Child],
-                   say: Callable[[str], None]) -> str:
-    """Dagster's webserver and daemon on an instance under TANDEM_HOME (schedules, sensors, backfills)."""
-    from orchestration.dagster_home import dagster_commands, dagster_env, prepare_dagster_home
+def _is_healthy(child: Child) -> bool:
+    if not child.health_url:  # no health endpoint: running is all we can check
+        return child.proc.poll() is None
+    try:
+        return httpx.get(child.health_url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
-    prepare_dagster_home(settings)
+
+def _supervise(children: list[Child], say: Callable[[str], None], poll_s: float = 0.5) -> int:
+    """Restart children that exit until Ctrl-C; returns 1 if a critical child was given up on, else 0."""
+    try:
+        while True:
+            now = time.monotonic()
+            for child in children:
+                if child.given_up:
+                    continue
+                if child.restart_at is not None:
+                    if now >= child.restart_at:
+                        say(f"restarting {child.name}")
+                        child.start()
+                    continue
+                if child.proc.poll() is None:
+                    if not child.healthy and child.health_url and _is_healthy(child):
+                        child.healthy = True
+                        say(f"  ✓ {child.name} healthy again")
+                    continue
+                if _on_exit(child, now, say) and child.critical:
+                    return 1
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        say("stopping ...")
+        return 0
+
+
+def _on_exit(child: Child, now: float, say: Callable[[str], None]) -> bool:
+    """Record a crash and schedule a restart; True when the child is given up on."""
+    child.kill_group()  # whatever it started (inference workers, uvicorn) goes with it
+    child.crashes.append(now)
+    while child.crashes and now - child.crashes[0] > CRASH_WINDOW_S:
+        child.crashes.popleft()
+    code = child.proc.returncode
+    if len(child.crashes) >= MAX_CRASHES:
+        child.given_up = True
+        consequence = "stopping the platform" if child.critical else "the rest keeps serving"
+        say(f"{child.name} exited with code {code}, {len(child.crashes)} times in {CRASH_WINDOW_S:.0f} s; "
+            f"giving up on it ({consequence})")
+        return True
+    delay = min(MAX_BACKOFF_S, 2.0 ** (len(child.crashes) - 1))
+    say(f"{child.name} exited with code {code}; restarting it in {delay:.0f} s")
+    child.restart_at = now + delay
+    child.healthy = False
+    return False
+
+
+def _start_dagster(settings: TandemSettings, host: str, port: int, children: list[Child],
+                   say: Callable[[str], None]) -> str | None:
+    """Dagster's webserver and daemon on an instance under TANDEM_HOME; None when it cannot start."""
+    from orchestration.dagster_home import DagsterHomeError, dagster_commands, dagster_env, migrate_instance
+
+    try:
+        _require_free(host, port, "the Dagster UI")
+        say("preparing Dagster's storage (created and migrated once, before its processes start)")
+        migrate_instance(settings, say=say)
+    except (DagsterHomeError, LauncherError, subprocess.TimeoutExpired) as exc:
+        say(f"Dagster is not started: {exc}. Online serving is not affected; async jobs stay queued "
+            "until Dagster runs")
+        return None
     env = dagster_env(settings)
     commands = dagster_commands(settings, host=host, port=port)
     url = f"http://{host}:{port}"
     say(f"starting Dagster webserver on {url} and the Dagster daemon")
-    web = subprocess.Popen(commands["dagster-webserver"], env=env, start_new_session=True,
-                           cwd=settings.dagster_home)
-    children.append(Child("dagster webserver", web, f"{url}/server_info"))
-    daemon = subprocess.Popen(commands["dagster-daemon"], env=env, start_new_session=True,
-                              cwd=settings.dagster_home)
-    children.append(Child("dagster daemon", daemon, ""))
+    for name, command, health in (("dagster webserver", commands["dagster-webserver"], f"{url}/server_info"),
+                                  ("dagster daemon", commands["dagster-daemon"], "")):
+        child = Child(name, command, env, health, cwd=settings.dagster_home)
+        child.start()
+        children.append(child)
     return url
 
 
@@ -162,28 +313,22 @@ def _handle_stop_signals() -> None:
     signal.signal(signal.SIGTERM, on_term)
 
 
-def _wait_forever(children: list[Child], say: Callable[[str], None]) -> None:
-    try:
-        while True:
-            for child in children:
-                if child.proc.poll() is not None:
-                    say(f"{child.name} exited with code {child.proc.returncode}; stopping the platform")
-                    return
-            time.sleep(1)
-    except KeyboardInterrupt:
-        say("stopping ...")
-
-
-def stop_children(children: list[Child], say: Callable[[str], None] = print, grace_s: float = 15) -> None:
-    """SIGINT each child, wait, then SIGKILL whatever is left."""
+def stop_children(children: list[Child], say: Callable[[str], None] = print, grace_s: float = 15) -> bool:
+    """SIGINT each child, wait, then SIGKILL its process group; True when all stopped on their own."""
+    clean = True
     for child in children:
-        if child.proc.poll() is None:
+        if child.proc is not None and child.proc.poll() is None:
             child.proc.send_signal(signal.SIGINT)
     deadline = time.monotonic() + grace_s
     for child in children:
+        if child.proc is None:
+            continue
         try:
             child.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
             say(f"{child.name} did not stop in {grace_s:.0f} s; killing it")
+            clean = False
             child.proc.kill()
             child.proc.wait()
+        child.kill_group()  # stragglers of the group (a worker that ignored its parent's exit)
+    return clean

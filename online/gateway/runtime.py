@@ -40,15 +40,20 @@ DEPLOYMENTS_FILE = "deployments.json"
 
 @dataclass
 class ServerDirectory:
-    """Model name -> model server URL, from settings plus `deployments.json` (re-read on change)."""
+    """Model name -> model server URLs, from settings plus `deployments.json` (re-read on change).
+
+    The file maps a model to one URL or to a list of replica URLs; calling the directory gives the
+    first replica of each model, `replicas()` all of them.
+    """
 
     static: Mapping[str, str]
     path: Path | None
     _mtime: float = -1.0
+    _replicas: dict[str, list[str]] = field(default_factory=dict)
     _current: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._current = dict(self.static)
+        self._set({k: [v] for k, v in self.static.items()})
         self.refresh()
 
     def refresh(self) -> None:
@@ -59,11 +64,19 @@ class ServerDirectory:
             return
         try:
             found = json.loads(self.path.read_text())
-        except (OSError, ValueError) as exc:
+            replicas = {k: [u.rstrip("/") for u in ([v] if isinstance(v, str) else v)] for k, v in found.items()}
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
             log.warning("cannot read %s: %s", self.path, exc)
             return
         self._mtime = mtime
-        self._current = {**{k: v.rstrip("/") for k, v in found.items()}, **self.static}
+        self._set({**replicas, **{k: [v] for k, v in self.static.items()}})
+
+    def _set(self, replicas: dict[str, list[str]]) -> None:
+        self._replicas = {k: v for k, v in replicas.items() if v}
+        self._current = {k: v[0] for k, v in self._replicas.items()}
+
+    def replicas(self) -> Mapping[str, list[str]]:
+        return self._replicas
 
     def __call__(self) -> Mapping[str, str]:
         return self._current

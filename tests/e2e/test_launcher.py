@@ -26,6 +26,7 @@ def test_up_starts_servers_and_gateway_prints_working_examples_and_stops_everyth
     port = free_port()
     lines: list[str] = []
     children = run_platform(settings, port=port, dagster_port=None, say=lines.append, block=False)
+    assert isinstance(children, list)
     try:
         text = "\n".join(lines)
         assert f"http://127.0.0.1:{port}/docs" in text and demo_key(settings) in text
