@@ -55,15 +55,18 @@ CATALOG: dict[str, TableDef] = {
                 ("step", pa.string(), True),
                 ("model", pa.string(), False),
                 ("version", pa.string(), True),
-                ("arm", pa.string(), True),  # stable | canary | shadow | pinned
+                ("arm", pa.string(), True),  # stable | canary | shadow | pinned | fallback
                 ("input_hash", pa.string(), True),
                 ("output_summary", pa.string(), True),  # JSON
                 ("latency_ms", pa.float64(), True),
-                ("status", pa.string(), False),  # ok | error | skipped
+                ("status", pa.string(), False),  # ok | error | fallback | skipped
                 ("error", pa.string(), True),
                 ("cached", pa.bool_(), True),
                 ("ts", _TS, False),
                 ("day", pa.date32(), False),
+                # Added later (nullable, at the end): appends merge them into tables created before.
+                # timeout | upstream_error | unavailable | circuit_open | rejected | deadline | cancelled
+                ("error_type", pa.string(), True),
             ),
             partition_by=("day",),
             description="Every model call of every online request (the prediction log).",
