@@ -18,7 +18,7 @@ import numpy as np
 from models.executor import BatchFailedError, OpResolver, RowResult, run_workflow_batch
 from models.workflows import parse_workflow
 
-__all__ = ["REPLAY_TASKS", "Replay", "rerank_queries", "replay"]
+__all__ = ["REPLAY_TASKS", "Replay", "replay", "rerank_queries"]
 
 _INPUTS = {
     "embed": ({"text": "str"}, {"text": "$input.text"}, {"embedding": "$probe.embedding"}),
