@@ -171,11 +171,13 @@ def test_a_classifier_with_different_labels_rolls_back_on_agreement_and_accuracy
     j = judge({"stable": arm(100, 0), "canary": arm(100, 0)}, same, CFG)
     assert j.decision == "pass" and j.evidence["agreement"] == 1.0 and j.evidence["accuracy_drop"] == 0.0
 
-    shuffled = run_replay("classify", FakeClassifier(labels), FakeClassifier(labels[1:] + labels[:1]), ROWS)
+    # Labelled by what stable says, so stable scores 1.0 and the canary's accuracy shows its disagreement.
+    labelled = [{"text": r["text"], "label": labels[len(r["text"]) % len(labels)]} for r in ROWS]
+    shuffled = run_replay("classify", FakeClassifier(labels), FakeClassifier(labels[1:] + labels[:1]), labelled)
     j = judge({"stable": arm(100, 0), "canary": arm(100, 0)}, shuffled, CFG)
     assert j.decision == "rollback"
-    assert [b.split(" with")[0].split(" ")[0] for b in j.breaches][0] == "label"
-    assert j.evidence["agreement"] == 0.0
+    assert [b.split(" ")[0] for b in j.breaches] == ["label", "accuracy"]
+    assert j.evidence["agreement"] == 0.0 and j.evidence["accuracy_stable"] == 1.0
 
 
 def test_an_accuracy_drop_is_judged_with_its_sample_size():
