@@ -175,3 +175,33 @@ def test_no_active_canary_is_a_passing_check_with_nothing_written(home):
         result = evaluate(home, instance)
     assert result.success and result.get_asset_check_evaluations()[0].passed
     assert home.lake.read("canary_evaluations").num_rows == 0
+
+
+def test_the_canary_loop_timing_comes_from_the_environment_when_the_code_location_loads(monkeypatch):
+    import importlib
+
+    import orchestration.definitions as module
+
+    env = {"TANDEM_CANARY_CRON": "* * * * *", "TANDEM_CANARY_LADDER": "0.1,0.5", "TANDEM_CANARY_PASSES": "1",
+           "TANDEM_CANARY_MIN_REQUESTS": "5", "TANDEM_CANARY_WINDOW_MINUTES": "3",
+           "TANDEM_CANARY_GUARD_INTERVAL_S": "5"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        defs = importlib.reload(module).defs
+        dg.Definitions.validate_loadable(defs)
+        repo = defs.get_repository_def()
+        schedule = repo.get_schedule_def("canary_evaluation_schedule")
+        assert schedule.cron_schedule == "* * * * *"
+        with dg.build_schedule_context() as ctx:
+            (request,) = schedule.evaluate_tick(ctx).run_requests
+        assert request.run_config["ops"]["canary_evaluation"]["config"] == {
+            "window_minutes": 3, "min_requests": 5, "ladder": [0.1, 0.5], "passes_required": 1}
+        assert repo.get_sensor_def("canary_guard").minimum_interval_seconds == 5
+    finally:
+        for name in env:
+            monkeypatch.delenv(name)
+        defs = importlib.reload(module).defs
+    schedule = defs.get_repository_def().get_schedule_def("canary_evaluation_schedule")
+    assert schedule.cron_schedule == "*/10 * * * *"
+    assert defs.get_repository_def().get_sensor_def("canary_guard").minimum_interval_seconds == 30
