@@ -106,6 +106,8 @@ def replay(task: str, model: str, stable: str, canary: str, rows: Sequence[dict]
 
 
 def _cosine(a: list[float], b: list[float]) -> float:
+    if len(a) != len(b):
+        return 0.0  # another output space: no agreement at all
     va, vb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     denom = float(np.linalg.norm(va) * np.linalg.norm(vb))
     return float(va @ vb / denom) if denom else 0.0

@@ -205,3 +205,38 @@ def test_the_canary_loop_timing_comes_from_the_environment_when_the_code_locatio
     schedule = defs.get_repository_def().get_schedule_def("canary_evaluation_schedule")
     assert schedule.cron_schedule == "*/10 * * * *"
     assert defs.get_repository_def().get_sensor_def("canary_guard").minimum_interval_seconds == 30
+
+
+def test_the_int8_minilm_canary_passes_on_same_input_cosine_whatever_its_live_output_summaries(home):
+    """The reported misjudgement: int8 MiniLM (cosine ~0.986 to fp32) was rolled back for a PSI of embedding
+    means between arms that saw different inputs. Judged on the same inputs it passes; a foreign model fails."""
+    from models.embedder import write_embedder_artifact
+
+    reg = home.registry
+    reg.register("embedder", "embed", write_embedder_artifact(home.root / "src" / "minilm", quantize=False),
+                 version="2", actor="test")
+    reg.promote("embedder", "2", actor="test")
+    reg.register("embedder", "embed", write_embedder_artifact(home.root / "src" / "minilm-int8", quantize=True),
+                 version="3", actor="test")
+    reg.set_canary("embedder", "3", 0.05, actor="test")
+    now, today = datetime.now(UTC), datetime.now(UTC).date()
+    live = []
+    for version, arm, mean in (("2", "stable", 0.0), ("3", "canary", 0.05)):  # far apart: PSI ~ 1
+        rows = prediction_rows(model="embedder", version=version, arm=arm, day=today, n=40, at=now)
+        for i, r in enumerate(rows):
+            r["output_summary"] = json.dumps({"dim": 384, "mean": mean + i * 1e-5, "std": 0.05})
+        live += rows
+    home.lake.append("predictions", live)
+
+    with dg.instance_for_test() as instance:
+        result = evaluate(home, instance, eval_size=100)
+        assert result.success
+        numbers = result.get_asset_check_evaluations()[0].metadata["embedder@3"].value
+        assert numbers["decision"] == "pass", numbers["reasons"]
+        assert 0.97 < numbers["agreement"] < 0.999 and numbers["replay_rows"] == 60  # the 60 labelled documents
+
+        # A different model behind the same name (the tiny embedder of version 1) is caught by the replay.
+        reg.set_canary("embedder", "1", 0.05, actor="test")
+        numbers = evaluate(home, instance, eval_size=100).get_asset_check_evaluations()[0].metadata["embedder@1"].value
+    assert numbers["decision"] == "rollback" and numbers["agreement"] == 0.0
+    assert numbers["reasons"][0].startswith("cosine agreement with stable")
