@@ -1,154 +1,89 @@
-"""Canary evaluation: each active canary against its stable version, on live traffic and on a labelled set.
+"""Canary evaluation: each active canary against its stable version, on live traffic and on a same-input replay.
 
-Live traffic (the `predictions` log over a window): error rate, p95 latency and the distance
-between the arms' outputs (total variation of labels; PSI of embedding means / top scores).
-Replay (in-process, through the batch executor): classification accuracy of both versions on
-labelled documents (or the demo corpus); for embeddings, the mean cosine agreement of the canary
-with stable. The verdict goes to `canary_evaluations`; the blocking check `canary_guardrails`
-fails the run when any canary breached a guardrail, and the canary-guard sensor acts on the table.
+Live traffic (the `predictions` log over a window, one model call = one (request, step) of an arm):
+error rate and p95 latency per arm. Replay (in-process, `assets.canary_replay`): output agreement on
+the same inputs (embedding cosine, classifier labels and accuracy, reranker top-k). `assets.canary_guard`
+turns the evidence into a decision (rollback | hold | pass) with its sample sizes and p-values, written
+to `canary_evaluations`. The check `canary_guardrails` reports each canary's decision and the guard's next
+move; it fails (WARN, not blocking) when a canary is to be rolled back, so the run itself fails only on a
+real crash. The canary-guard sensor acts on the table.
 """
 
 import json
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import pyarrow.compute as pc
 
+from assets.canary_guard import Arm, Judgement, canary_decision, evaluations_since, judge
+from assets.canary_replay import Replay, replay
 from assets.resources import LakeResource, ModelLoader, RegistryResource
-from assets.stats import p95, parse_summaries, psi, tv_distance
+from assets.stats import parse_summaries, tv_distance
 from assets.training import labelled_documents
 from lakehouse import Lake
 from models.corpus import generate_demo_corpus
-from models.executor import BatchFailedError, OpResolver, run_workflow_batch
+from models.executor import OpResolver
 from models.registry import AliasState
-from models.workflows import parse_workflow
 
 
 class CanaryConfig(dg.Config):
-    """The live-traffic window and the guardrails a canary must stay within."""
+    """The live-traffic window, the evidence a canary needs, and the guardrails it must stay within."""
 
     window_minutes: int = 60
-    min_requests: int = 20  # per arm; below it the live guardrails are not applied (not enough evidence)
+    confidence: float = 0.95  # of every one-sided test and bound
+    min_requests: int = 20  # model calls per arm; below it the decision is "hold" (not enough evidence)
     max_error_rate_increase: float = 0.02
     max_p95_ratio: float = 1.5
     p95_slack_ms: float = 25.0
-    max_output_distance: float = 0.25
     eval_size: int = 200
+    min_replay: int = 30  # replayed items; below it the decision is "hold"
     max_accuracy_drop: float = 0.02
+    min_label_agreement: float = 0.85
     min_embedding_agreement: float = 0.98
+    min_top1_agreement: float = 0.8
+    min_topk_overlap: float = 0.8
+    top_k: int = 3
+    rerank_candidates: int = 8
     batch_size: int = 64
+    # The guard sensor's ladder, so the check can report the move an evaluation leads to.
+    ladder: list[float] = [0.05, 0.25, 0.5]  # noqa: RUF012 — pydantic copies field defaults
+    passes_required: int = 2
 
 
-@dataclass
-class Arm:
-    """One arm's live traffic: requests, errors, latencies and output summaries."""
+def live_arms(lake: Lake, model: str, stable: str, canary: str, start: datetime, end: datetime
+              ) -> tuple[dict[str, Arm], list[dict], list[dict]]:
+    """The stable and canary arms of `model`'s logged calls in [start, end] (skipped and fallback rows left out).
 
-    requests: int
-    errors: int
-    latencies: list[float]
-    summaries: list[dict[str, Any]]
-
-    @property
-    def error_rate(self) -> float | None:
-        return self.errors / self.requests if self.requests else None
-
-
-def live_arms(lake: Lake, model: str, stable: str, canary: str, start: datetime, end: datetime) -> dict[str, Arm]:
-    """The stable and canary arms of `model`'s logged calls in [start, end] (skipped calls left out)."""
+    One model call is one (request, step) of an arm: a call's rows (one per instance) share its outcome.
+    Also returns each arm's answered-call output summaries.
+    """
     flt = ((pc.field("model") == model) & (pc.field("day") >= start.date()) & (pc.field("ts") >= start)
-           & (pc.field("ts") <= end) & (pc.field("status") != "skipped"))
-    rows = lake.read("predictions", filter=flt,
-                     columns=["version", "arm", "status", "latency_ms", "output_summary"]).to_pylist()
-    arms = {}
+           & (pc.field("ts") <= end) & pc.field("arm").isin(["stable", "canary"])
+           & pc.field("status").isin(["ok", "error"]))
+    rows = lake.read("predictions", filter=flt, columns=["request_id", "step", "version", "arm", "status",
+                                                          "latency_ms", "output_summary"]).to_pylist()
+    arms, summaries = {}, {}
     for arm, version in (("stable", stable), ("canary", canary)):
-        mine = [r for r in rows if r["version"] == version and r["arm"] == arm]
-        ok = [r for r in mine if r["status"] == "ok"]
-        arms[arm] = Arm(
-            requests=len(mine), errors=sum(r["status"] == "error" for r in mine),
-            latencies=[r["latency_ms"] for r in ok if r["latency_ms"] is not None],
-            summaries=parse_summaries(r["output_summary"] for r in ok),
-        )
-    return arms
+        calls: dict[tuple, dict] = {}
+        for r in rows:
+            if r["version"] == version and r["arm"] == arm:
+                key = (r["request_id"], r["step"])
+                if key not in calls or r["status"] == "error":  # one failed instance fails the call
+                    calls[key] = r
+        ok = [r for r in calls.values() if r["status"] == "ok"]
+        arms[arm] = Arm(requests=len(calls), errors=len(calls) - len(ok),
+                        latencies=[r["latency_ms"] for r in ok if r["latency_ms"] is not None])
+        summaries[arm] = parse_summaries(r["output_summary"] for r in ok)
+    return arms, summaries["stable"], summaries["canary"]
 
 
-def output_distance(stable: list[dict], canary: list[dict]) -> float | None:
-    """TV distance of labels when the outputs are labels, else PSI of the main numeric summary."""
-    for key, distance in (("label", tv_distance), ("mean", psi), ("top_score", psi)):
-        a = [s[key] for s in stable if s.get(key) is not None]
-        b = [s[key] for s in canary if s.get(key) is not None]
-        if a and b:
-            return distance(a, b)
-    return None
-
-
-_PROBE_OUTPUT = {"classify": {"label": "$probe.label"}, "embed": {"embedding": "$probe.embedding"}}
-
-
-def replay_quality(
-    task: str, model: str, stable: str, canary: str, rows: list[dict], resolve: OpResolver, batch_size: int
-) -> tuple[float | None, float | None, list[str]]:
-    """(stable quality, canary quality, notes) on `rows`: accuracy for classify, cosine agreement for embed."""
-    if task not in _PROBE_OUTPUT or not rows:
-        return None, None, [f"no offline quality measure for task {task!r}" if rows else "no evaluation rows"]
-    spec = parse_workflow({
-        "name": f"canary-probe-{task}", "version": 1, "input": {"text": "str"},
-        "steps": [{"id": "probe", "model": model, "task": task, "inputs": {"text": "$input.text"},
-                   "retry": {"attempts": 1}}],
-        "output": _PROBE_OUTPUT[task],
-    })
-    inputs = [{"text": r["text"]} for r in rows]
-    base = run_workflow_batch(spec, inputs, resolve, {model: stable}, batch_size=batch_size)
-    try:
-        cand = run_workflow_batch(spec, inputs, resolve, {model: canary}, batch_size=batch_size).rows
-        notes = []
-    except BatchFailedError as exc:
-        cand, notes = [None] * len(rows), [f"canary failed on every evaluation row: {exc}"]
-    if task == "classify":
-        def accuracy(results):
-            return float(np.mean([r is not None and r.output is not None and r.output["label"] == row["label"]
-                                  for r, row in zip(results, rows)]))
-        return accuracy(base.rows), accuracy(cand), notes
-    agreement = [
-        _cosine(b.output["embedding"], c.output["embedding"]) if b.output and c is not None and c.output else 0.0
-        for b, c in zip(base.rows, cand)
-    ]
-    return 1.0, float(np.mean(agreement)), notes
-
-
-def _cosine(a: list[float], b: list[float]) -> float:
-    va, vb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    denom = float(np.linalg.norm(va) * np.linalg.norm(vb))
-    return float(va @ vb / denom) if denom else 0.0
-
-
-def verdict(task: str, arms: dict[str, Arm], distance: float | None, q_stable: float | None,
-            q_canary: float | None, cfg: CanaryConfig) -> tuple[bool, list[str]]:
-    """(passed, reasons): every breached guardrail is a reason; notes about missing evidence are too."""
-    breaches, notes = [], []
-    s, c = arms["stable"], arms["canary"]
-    if min(s.requests, c.requests) < cfg.min_requests:
-        notes.append(f"live: {c.requests} canary / {s.requests} stable requests (< {cfg.min_requests}); "
-                     "live guardrails not applied")
-    else:
-        if c.error_rate - s.error_rate > cfg.max_error_rate_increase:
-            breaches.append(f"error rate {c.error_rate:.3f} vs stable {s.error_rate:.3f} "
-                            f"(max increase {cfg.max_error_rate_increase})")
-        ps, pcn = p95(s.latencies), p95(c.latencies)
-        if ps is not None and pcn is not None and pcn > ps * cfg.max_p95_ratio + cfg.p95_slack_ms:
-            breaches.append(f"p95 latency {pcn:.1f} ms vs stable {ps:.1f} ms "
-                            f"(max {cfg.max_p95_ratio}x + {cfg.p95_slack_ms} ms)")
-        if distance is not None and distance > cfg.max_output_distance:
-            breaches.append(f"output distance {distance:.3f} > {cfg.max_output_distance}")
-    if q_stable is not None and q_canary is not None:
-        if task == "classify" and q_stable - q_canary > cfg.max_accuracy_drop:
-            breaches.append(f"accuracy {q_canary:.3f} vs stable {q_stable:.3f} (max drop {cfg.max_accuracy_drop})")
-        if task == "embed" and q_canary < cfg.min_embedding_agreement:
-            breaches.append(f"cosine agreement with stable {q_canary:.4f} < {cfg.min_embedding_agreement}")
-    return not breaches, breaches + notes
+def label_distance(stable: list[dict], canary: list[dict]) -> float | None:
+    """TV distance of the arms' live labels: informational only (the arms see different inputs)."""
+    a = [s["label"] for s in stable if s.get("label") is not None]
+    b = [s["label"] for s in canary if s.get("label") is not None]
+    return tv_distance(a, b) if a and b else None
 
 
 def evaluation_rows(lake: Lake, task: str, size: int, seed: int = 1) -> list[dict]:
@@ -160,25 +95,50 @@ def evaluation_rows(lake: Lake, task: str, size: int, seed: int = 1) -> list[dic
 def evaluate_canary(
     lake: Lake, state: AliasState, task: str, resolve: OpResolver, cfg: CanaryConfig, run_id: str, now: datetime
 ) -> dict[str, Any]:
-    """One `canary_evaluations` row for `state`'s active canary."""
+    """One `canary_evaluations` row for `state`'s active canary: the evidence and the decision."""
     start = now - timedelta(minutes=cfg.window_minutes)
-    arms = live_arms(lake, state.name, state.stable, state.canary, start, now)
-    distance = output_distance(arms["stable"].summaries, arms["canary"].summaries)
-    q_s, q_c, notes = replay_quality(task, state.name, state.stable, state.canary,
-                                     evaluation_rows(lake, task, cfg.eval_size), resolve, cfg.batch_size)
-    passed, reasons = verdict(task, arms, distance, q_s, q_c, cfg)
+    arms, sum_s, sum_c = live_arms(lake, state.name, state.stable, state.canary, start, now)
+    rep = replay(task, state.name, state.stable, state.canary, evaluation_rows(lake, task, cfg.eval_size), resolve,
+                 batch_size=cfg.batch_size, top_k=cfg.top_k, candidates=cfg.rerank_candidates)
+    j = judge(arms, rep, cfg)
+    row = evaluation_row(state, arms, rep, j, label_distance(sum_s, sum_c), start, now, run_id)
+    # The move the guard sensor will make (same ladder), reported with the evidence.
+    move = canary_decision(state, [*evaluations_since(lake, state), row], cfg.ladder, cfg.passes_required,
+                           cfg.min_requests)
+    row["guard_action"], row["next_weight"] = move.action, move.weight
+    return row
+
+
+def evaluation_row(state: AliasState, arms: dict[str, Arm], rep: Replay, j: Judgement, distance: float | None,
+                   start: datetime, now: datetime, run_id: str) -> dict[str, Any]:
+    """The `canary_evaluations` row of a judgement."""
+    ev = j.evidence
+    q_s, q_c = _quality(rep.task, ev)
     return {
         "eval_id": uuid.uuid4().hex, "model": state.name, "stable_version": state.stable,
         "canary_version": state.canary, "canary_weight": state.canary_weight,
         "window_start": start, "window_end": now,
         "stable_requests": arms["stable"].requests, "canary_requests": arms["canary"].requests,
         "stable_error_rate": arms["stable"].error_rate, "canary_error_rate": arms["canary"].error_rate,
-        "stable_p95_ms": p95(arms["stable"].latencies), "canary_p95_ms": p95(arms["canary"].latencies),
+        "stable_p95_ms": ev.get("stable_p95_ms"), "canary_p95_ms": ev.get("canary_p95_ms"),
         "output_distance": distance, "quality_stable": q_s, "quality_canary": q_c,
         "quality_delta": q_c - q_s if q_s is not None and q_c is not None else None,
-        "passed": passed, "reasons": json.dumps(reasons + notes) if notes or reasons else None,
+        "passed": j.decision == "pass", "reasons": json.dumps(j.reasons) if j.reasons else None,
         "run_id": run_id, "evaluated_at": now,
+        "decision": j.decision, "task": rep.task, "confidence": ev["confidence"],
+        "error_rate_p_value": ev.get("error_rate_p_value"), "replay_rows": rep.n,
+        "agreement": ev.get("agreement"), "agreement_upper": ev.get("agreement_upper"),
+        "topk_overlap": ev.get("topk_overlap"), "accuracy_drop_lower": ev.get("accuracy_drop_lower"),
+        "evidence": json.dumps(ev, sort_keys=True),
     }
+
+
+def _quality(task: str, ev: dict) -> tuple[float | None, float | None]:
+    if task == "classify":
+        return ev.get("accuracy_stable"), ev.get("accuracy_canary")
+    if task in ("embed", "rerank") and ev.get("agreement") is not None:
+        return 1.0, ev["agreement"]  # agreement with stable: stable agrees with itself
+    return None, None
 
 
 @dg.asset(group_name="control", kinds={"delta", "pytorch"})
@@ -186,7 +146,7 @@ def canary_evaluation(
     context: dg.AssetExecutionContext, config: CanaryConfig, lake: LakeResource, registry: RegistryResource,
     models: ModelLoader,
 ) -> dg.MaterializeResult:
-    """Every active canary compared with its stable version on live traffic and a labelled replay."""
+    """Every active canary compared with its stable version on live traffic and a same-input replay."""
     reg, the_lake = registry.registry(), lake.lake()
     tasks = {m.name: m.task for m in reg.list_models()}
     active = [st for st in reg.states().values() if st.canary is not None and st.stable is not None]
@@ -196,26 +156,33 @@ def canary_evaluation(
     if rows:
         the_lake.append("canary_evaluations", rows)
     for r in rows:
-        context.log.info(f"{r['model']} canary {r['canary_version']}: passed={r['passed']} {r['reasons'] or ''}")
+        context.log.info(f"{r['model']} canary {r['canary_version']}: {r['decision']} -> {r['guard_action']} "
+                         f"{r['reasons'] or ''}")
     return dg.MaterializeResult(metadata={
         "canaries": len(rows),
-        "failed": [f"{r['model']}@{r['canary_version']}" for r in rows if not r["passed"]],
-        "passed": [f"{r['model']}@{r['canary_version']}" for r in rows if r["passed"]],
+        **{d: [f"{r['model']}@{r['canary_version']}" for r in rows if r["decision"] == d]
+           for d in ("rollback", "hold", "pass")},
     })
 
 
-@dg.asset_check(asset=canary_evaluation, blocking=True)
+_SHOWN = ("decision", "canary_weight", "stable_requests", "canary_requests", "stable_error_rate", "canary_error_rate",
+          "error_rate_p_value", "stable_p95_ms", "canary_p95_ms", "replay_rows", "agreement", "agreement_upper",
+          "topk_overlap", "quality_stable", "quality_canary", "quality_delta", "accuracy_drop_lower", "confidence",
+          "guard_action", "next_weight")
+
+
+@dg.asset_check(asset=canary_evaluation, blocking=False)
 def canary_guardrails(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    """Fails (and blocks anything downstream) when a canary evaluated in this run breached a guardrail."""
+    """Each canary's decision and the guard's move (hold, advance, promote, roll back); fails (WARN) on a rollback."""
     rows = lake.lake().read("canary_evaluations", filter=pc.field("run_id") == context.run.run_id).to_pylist()
-    failed = [r for r in rows if not r["passed"]]
-    metadata: dict[str, Any] = {"evaluated": len(rows), "failed": len(failed)}
+    metadata: dict[str, Any] = {"evaluated": len(rows)}
     for r in rows:
-        metadata[f"{r['model']}@{r['canary_version']}"] = {
-            k: r[k] for k in ("passed", "canary_weight", "stable_requests", "canary_requests", "stable_error_rate",
-                              "canary_error_rate", "stable_p95_ms", "canary_p95_ms", "output_distance",
-                              "quality_stable", "quality_canary", "quality_delta")
-        } | {"reasons": json.loads(r["reasons"]) if r["reasons"] else []}
-    description = "; ".join(f"{r['model']}@{r['canary_version']}: {r['reasons']}" for r in failed) or None
-    return dg.AssetCheckResult(passed=not failed, severity=dg.AssetCheckSeverity.ERROR,
-                               metadata=metadata, description=description)
+        metadata[f"{r['model']}@{r['canary_version']}"] = {k: r[k] for k in _SHOWN} | {
+            "reasons": json.loads(r["reasons"]) if r["reasons"] else []}
+    for action in ("rollback", "hold", "advance", "promote"):
+        metadata[action] = sorted(f"{r['model']}@{r['canary_version']}" for r in rows if r["guard_action"] == action)
+    description = "; ".join(f"{r['model']}@{r['canary_version']}: {r['guard_action']}"
+                            + (f" ({'; '.join(json.loads(r['reasons']))})" if r["reasons"] else "")
+                            for r in rows) or "no active canary"
+    return dg.AssetCheckResult(passed=not metadata["rollback"], severity=dg.AssetCheckSeverity.WARN,
+                               metadata=metadata, description=description[:2000])

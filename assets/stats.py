@@ -1,15 +1,31 @@
-"""Distribution distances and summaries shared by the canary and drift assets (pure functions)."""
+"""Distribution distances, summaries and the canary guard's tests, shared by the canary and drift assets.
+
+Pure functions. The normal distribution comes from `math.erf` (no SciPy): the guard's tests are
+large-sample (normal-approximation) tests, which is why each is applied only above a minimum sample.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["p95", "parse_summaries", "psi", "psi_categorical", "tv_distance"]
+__all__ = [
+    "mean_bounds",
+    "normal_cdf",
+    "normal_quantile",
+    "p95",
+    "parse_summaries",
+    "psi",
+    "psi_categorical",
+    "tv_distance",
+    "two_proportion_test",
+    "wilson_bounds",
+]
 
 _EPS = 1e-4
 
@@ -56,6 +72,60 @@ def parse_summaries(raw: Iterable[str | None]) -> list[dict[str, Any]]:
             value = {}
         out.append(value if isinstance(value, dict) else {})
     return out
+
+
+def normal_cdf(z: float) -> float:
+    """P(Z <= z) for a standard normal Z."""
+    return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+
+def normal_quantile(p: float) -> float:
+    """The z with P(Z <= z) = p (bisection on `normal_cdf`, to ~1e-9), e.g. 1.645 for 0.95."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"a probability strictly between 0 and 1 is needed, got {p}")
+    lo, hi = -40.0, 40.0
+    while hi - lo > 1e-10:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if normal_cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def two_proportion_test(errors_a: int, n_a: int, errors_b: int, n_b: int) -> float:
+    """One-sided p-value of the pooled two-proportion z-test of H1: rate(b) > rate(a).
+
+    1.0 when both rates are 0 or both 1 (no variance: no evidence that b is worse).
+    """
+    if n_a <= 0 or n_b <= 0:
+        raise ValueError(f"both samples need at least one trial, got n_a={n_a}, n_b={n_b}")
+    pooled = (errors_a + errors_b) / (n_a + n_b)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    if se == 0:
+        return 1.0
+    z = (errors_b / n_b - errors_a / n_a) / se
+    return 1.0 - normal_cdf(z)
+
+
+def wilson_bounds(successes: int, n: int, confidence: float) -> tuple[float, float]:
+    """One-sided Wilson score bounds (lower, upper) of a proportion, each at `confidence`."""
+    if n <= 0:
+        raise ValueError(f"a proportion needs at least one trial, got n={n}")
+    z = normal_quantile(confidence)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_bounds(values: Sequence[float], confidence: float) -> tuple[float, float, float]:
+    """(mean, lower, upper): one-sided normal-approximation bounds of the mean, each at `confidence`."""
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 0:
+        raise ValueError("a mean needs at least one value")
+    mean = float(arr.mean())
+    if arr.size == 1:
+        return mean, mean, mean
+    half = normal_quantile(confidence) * float(arr.std(ddof=1)) / math.sqrt(arr.size)
+    return mean, mean - half, mean + half
 
 
 def _frequencies(a: Iterable[str], b: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:

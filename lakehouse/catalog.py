@@ -55,15 +55,18 @@ CATALOG: dict[str, TableDef] = {
                 ("step", pa.string(), True),
                 ("model", pa.string(), False),
                 ("version", pa.string(), True),
-                ("arm", pa.string(), True),  # stable | canary | shadow | pinned
+                ("arm", pa.string(), True),  # stable | canary | shadow | pinned | fallback
                 ("input_hash", pa.string(), True),
                 ("output_summary", pa.string(), True),  # JSON
                 ("latency_ms", pa.float64(), True),
-                ("status", pa.string(), False),  # ok | error | skipped
+                ("status", pa.string(), False),  # ok | error | fallback | skipped
                 ("error", pa.string(), True),
                 ("cached", pa.bool_(), True),
                 ("ts", _TS, False),
                 ("day", pa.date32(), False),
+                # Added later (nullable, at the end): appends merge them into tables created before.
+                # timeout | upstream_error | unavailable | circuit_open | rejected | deadline | cancelled
+                ("error_type", pa.string(), True),
             ),
             partition_by=("day",),
             description="Every model call of every online request (the prediction log).",
@@ -139,12 +142,25 @@ CATALOG: dict[str, TableDef] = {
                 ("quality_stable", pa.float64(), True),
                 ("quality_canary", pa.float64(), True),
                 ("quality_delta", pa.float64(), True),
-                ("passed", pa.bool_(), False),
-                ("reasons", pa.string(), True),
+                ("passed", pa.bool_(), False),  # decision == "pass"
+                ("reasons", pa.string(), True),  # JSON list: breaches, then what is missing, then notes
                 ("run_id", pa.string(), True),
                 ("evaluated_at", _TS, False),
+                # Added later (nullable, at the end): appends merge them into tables created before.
+                ("decision", pa.string(), True),  # rollback | hold | pass (assets.canary_guard)
+                ("task", pa.string(), True),
+                ("confidence", pa.float64(), True),  # of every one-sided test and bound below
+                ("error_rate_p_value", pa.float64(), True),  # canary error rate > stable's, two-proportion z
+                ("replay_rows", pa.int64(), True),  # items replayed through both versions
+                ("agreement", pa.float64(), True),  # cosine (embed), label (classify), top-1 (rerank)
+                ("agreement_upper", pa.float64(), True),  # its upper confidence bound
+                ("topk_overlap", pa.float64(), True),  # rerank
+                ("accuracy_drop_lower", pa.float64(), True),  # classify: lower bound of the paired drop
+                ("guard_action", pa.string(), True),  # the guard's move: rollback | hold | advance | promote
+                ("next_weight", pa.float64(), True),  # for advance
+                ("evidence", pa.string(), True),  # JSON: every number the decision used
             ),
-            description="Canary-versus-stable comparisons and their verdicts.",
+            description="Canary-versus-stable comparisons: the evidence, the decision and the guard's move.",
         ),
         TableDef(
             "drift_metrics",

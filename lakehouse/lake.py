@@ -107,7 +107,7 @@ class Lake:
         def op() -> int:
             table = self._open_or_create(name)
             if rows.num_rows:
-                write_deltalake(table, rows, mode="append")
+                _append(table, rows)
             return table.version()
 
         return retry_commit(op, f"append to {name!r}")
@@ -269,8 +269,8 @@ class Lake:
         if None in types.values():
             return None
         schema = pa.schema(table.schema().to_arrow())
-        if set(schema.names) - set(tdef.schema.names):
-            return None  # columns the catalog does not know: older data files may lack them
+        if set(schema.names) ^ set(tdef.schema.names) or table.metadata().configuration.get(_EVOLVED) == "true":
+            return None  # the schema changed over time: older data files lack columns (see `_append`)
         return _sql.ParquetSnapshot(files, tdef.schema, types)
 
     def _tables_hint(self) -> str:
@@ -279,6 +279,26 @@ class Lake:
         return f"Tables in the lake at {self.root}: {', '.join(existing) or '(none)'}" + (
             f"; catalog tables not written yet: {', '.join(missing)}" if missing else ""
         )
+
+
+_EVOLVED = "tandem.schema_evolved"
+
+
+def _append(table: DeltaTable, rows: pa.Table) -> None:
+    """Append `rows` (catalog schema) to `table`, first adding the nullable columns the catalog gained since.
+
+    The table is marked (`tandem.schema_evolved`) before its schema changes, so `Lake.sql` reads it through
+    the pyarrow dataset, which gives older files' missing columns as nulls, and not with DuckDB's Parquet
+    reader, which refuses files without a column of the view.
+    """
+    added = set(rows.schema.names) - {f.name for f in table.schema().fields}
+    if added:
+        if table.metadata().configuration.get(_EVOLVED) != "true":
+            table.alter.set_table_properties({_EVOLVED: "true"}, raise_if_not_exists=False)
+        logger.info("adding column(s) %s to %s", sorted(added), table.table_uri)
+        write_deltalake(table, rows, mode="append", schema_mode="merge")
+    else:
+        write_deltalake(table, rows, mode="append")
 
 
 def _partitions_of(rows: pa.Table, columns: Sequence[str]) -> set[tuple]:
@@ -353,7 +373,7 @@ class Appender:
             else:
                 self._table.update_incremental()
             if rows.num_rows:
-                write_deltalake(self._table, rows, mode="append")
+                _append(self._table, rows)
             return self._table.version()
 
         version = retry_commit(op, f"append to {self._def.name!r}")

@@ -1,7 +1,8 @@
 """Sensors: the control loop that acts on what the assets write. Each is built by a factory; cursors are JSON.
 
-    canary guard   canary_evaluations ──▶ registry: rollback on a failed evaluation, or after N passes
-                   move the canary weight up the ladder (0.05 → 0.25 → 0.5 → promote)
+    canary guard   canary_evaluations ──▶ registry: rollback when the newest evaluation decided so, or after
+                   N passing ones move the canary weight up the ladder (0.05 → 0.25 → 0.5 → promote);
+                   "hold" evaluations (not enough evidence) never move it (assets.canary_guard decides)
     drift alerts   drift_metrics (status fail) ──▶ alerts (+ optionally a classifier_training run)
     async jobs     jobs (status queued) ──▶ a dynamic partition + one run per job, tagged `tenant`
     job failures   a failed async-job run ──▶ re-queue the job, or mark it failed after N attempts
@@ -11,18 +12,16 @@ import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import dagster as dg
 import pyarrow.compute as pc
 
+from assets.canary_guard import CanaryDecision, canary_decision, evaluations_since
 from assets.partitions import ASYNC_JOBS
 from assets.resources import LakeResource, RegistryResource
-from lakehouse import Lake
 from models.executor import get_job, queued_jobs, update_job
-from models.registry import AliasState
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -54,64 +53,18 @@ def _alert_id(*parts: object) -> str:
 # --- canary guard ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CanaryDecision:
-    """What the guard does for one model: hold, rollback, advance (to `weight`) or promote."""
-
-    action: str
-    weight: float | None
-    evaluation: dict
-    reason: str
-
-
-def canary_decision(
-    state: AliasState, evaluations: Sequence[dict], ladder: Sequence[float], passes_required: int,
-    min_canary_requests: int,
-) -> CanaryDecision | None:
-    """Decide from the evaluations of `state`'s canary made since its last alias move (oldest first).
-
-    The newest failed → rollback. Otherwise the passing streak at the end counts the evaluations
-    backed by at least `min_canary_requests` live canary requests; a streak of `passes_required`
-    moves the weight to the next ladder step above the current one, or promotes past the top.
-    """
-    if not evaluations:
-        return None
-    latest = evaluations[-1]
-    where = f"evaluation {latest['eval_id']} (run {latest['run_id']})"
-    if not latest["passed"]:
-        reasons = "; ".join(json.loads(latest["reasons"])) if latest["reasons"] else "guardrail breached"
-        return CanaryDecision("rollback", None, latest, f"canary guard: {where} failed: {reasons}")
-    streak = 0
-    for ev in reversed(evaluations):
-        if not ev["passed"]:
-            break
-        streak += (ev["canary_requests"] or 0) >= min_canary_requests
-    if streak < passes_required:
-        return CanaryDecision("hold", None, latest, f"{streak}/{passes_required} passing evaluations")
-    why = f"canary guard: {streak} consecutive passing evaluations, last {where}"
-    higher = [w for w in sorted(ladder) if w > state.canary_weight + 1e-9]
-    if higher:
-        return CanaryDecision("advance", higher[0], latest, why)
-    return CanaryDecision("promote", None, latest, why)
-
-
-def evaluations_since(lake: Lake, state: AliasState) -> list[dict]:
-    """`state`'s canary evaluations against its current stable since the last alias move, oldest first."""
-    flt = ((pc.field("model") == state.name) & (pc.field("canary_version") == state.canary)
-           & (pc.field("stable_version") == state.stable))
-    if state.updated_at is not None:
-        flt = flt & (pc.field("evaluated_at") > state.updated_at)
-    rows = lake.read("canary_evaluations", filter=flt).to_pylist()
-    return sorted(rows, key=lambda r: (r["evaluated_at"], r["eval_id"]))
-
-
 def make_canary_guard_sensor(
     *, ladder: Sequence[float] = (0.05, 0.25, 0.5), passes_required: int = 2, min_canary_requests: int = 20,
     name: str = "canary_guard", minimum_interval_seconds: int = 30,
 ) -> dg.SensorDefinition:
-    """A sensor that rolls canaries back or walks them up `ladder` from their evaluations."""
+    """A sensor that rolls canaries back or walks them up `ladder` from their evaluations.
+
+    `min_canary_requests` only weighs evaluations written before the `decision` column existed.
+    """
     if not ladder or any(not 0 < w <= 1 for w in ladder):
         raise ValueError(f"ladder must be canary weights in (0, 1], e.g. (0.05, 0.25, 0.5); got {ladder!r}")
+    if passes_required < 1:
+        raise ValueError(f"passes_required must be at least 1, got {passes_required}")
 
     @dg.sensor(name=name, minimum_interval_seconds=minimum_interval_seconds, default_status=RUNNING,
                description="Rolls back failed canaries and advances passing ones along the weight ladder.")

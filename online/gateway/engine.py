@@ -6,6 +6,11 @@ step's timeout and what is left of the deadline. Retryable failures are retried 
 exponential backoff and full jitter, never past the deadline; a breaker per endpoint
 fails fast while a server is down; then the step's fallback runs, or an optional step
 is skipped and the response marked degraded.
+
+Every model call leaves rows in the prediction log, one per instance, failures included:
+`ok` (answered), `error` (failed; `error_type` says how, on the version and arm it was routed to),
+`fallback` (the fallback's answer, after the primary's `error` rows) and `skipped` (an optional
+step gave up). So the canary guard sees each arm's real error rate.
 """
 
 from __future__ import annotations
@@ -80,10 +85,11 @@ class StepReport:
 
 
 class _StepFailed(Exception):
-    def __init__(self, error: GatewayError, attempts: int):
+    def __init__(self, error: GatewayError, attempts: int, error_type: str):
         super().__init__(error.detail)
         self.error = error
         self.attempts = attempts
+        self.error_type = error_type  # the `error_type` column: timeout | upstream_error | unavailable | ...
 
 
 class WorkflowEngine:
@@ -188,7 +194,7 @@ class WorkflowEngine:
         optional: bool = False,
         fallback: tuple[str, str] | None = None,
     ) -> tuple[StepReport, list[dict] | None]:
-        """Call one model for a list of instances: route, cache, retry, fall back, log."""
+        """Call one model for a list of instances: route, cache, retry, fall back, log every call."""
         started = self.clock()
         route = self._route(model, step_id, ctx)
         try:
@@ -199,8 +205,16 @@ class WorkflowEngine:
                 self._start_shadow(step_id, model, task, route.shadow_version, instances, ctx, timeout_ms)
         except _StepFailed as primary:
             self._count_error(ctx, step_id, model, route, "failed")
+            self._log_failure(ctx, step_id, model, route.version, route.arm, primary, instances, started)
             outputs, report = await self._recover(step_id, model, task, instances, ctx, timeout_ms, retry,
                                                   optional, fallback, primary)
+        except asyncio.CancelledError:
+            # The request deadline (or a gone client) cancelled the call: it still counts against its arm.
+            kind = "deadline" if self._time_left(ctx) <= 0 else "cancelled"
+            failed = _StepFailed(DeadlineExceeded(f"the call was cancelled ({kind}) before the model answered"),
+                                 0, kind)
+            self._log_failure(ctx, step_id, model, route.version, route.arm, failed, instances, started)
+            raise
         report.latency_ms = (self.clock() - started) * 1000
         self.metrics.step_latency.labels(ctx.workflow or "", step_id, report.model, report.version or "",
                                          report.arm or "").observe(report.latency_ms / 1000)
@@ -213,15 +227,23 @@ class WorkflowEngine:
             fb_model, fb_ref = fallback
             try:
                 fb_route = self._route_ref(fb_model, fb_ref)
-                outputs, cached, attempts = await self._call_cached(
-                    step_id, fb_model, task, fb_route, instances, ctx, timeout_ms, retry)
-                report = StepReport(step_id, fb_model, fb_route.version, "fallback", cached=cached,
-                                    attempts=primary.attempts + attempts, status="fallback", degraded=True,
-                                    error=primary.error.detail)
-                self._count_error(ctx, step_id, fb_model, fb_route, "fallback")
-                return outputs, report
-            except (_StepFailed, GatewayError) as fb_err:
-                primary = fb_err if isinstance(fb_err, _StepFailed) else _StepFailed(fb_err, primary.attempts)
+            except GatewayError as exc:  # nothing to call: no row, the primary's failure decides
+                primary = _StepFailed(exc, primary.attempts, "unavailable")
+            else:
+                fb_started = self.clock()
+                try:
+                    outputs, cached, attempts = await self._call_cached(
+                        step_id, fb_model, task, fb_route, instances, ctx, timeout_ms, retry)
+                except _StepFailed as fb_err:
+                    self._log_failure(ctx, step_id, fb_model, fb_route.version, "fallback", fb_err, instances,
+                                      fb_started)
+                    primary = _StepFailed(fb_err.error, primary.attempts + fb_err.attempts, fb_err.error_type)
+                else:
+                    report = StepReport(step_id, fb_model, fb_route.version, "fallback", cached=cached,
+                                        attempts=primary.attempts + attempts, status="fallback", degraded=True,
+                                        error=primary.error.detail)
+                    self._count_error(ctx, step_id, fb_model, fb_route, "fallback")
+                    return outputs, report
         if optional:
             return None, StepReport(step_id, model, None, None, attempts=primary.attempts, status="skipped",
                                     degraded=True, error=primary.error.detail)
@@ -269,19 +291,22 @@ class WorkflowEngine:
         url = self._servers().get(model)
         if url is None:
             raise _StepFailed(ServiceUnavailable(
-                f"no model server is deployed for {model!r}; start one with `tandem serve model {model}`"), 0)
+                f"no model server is deployed for {model!r}; start one with `tandem serve model {model}`"), 0,
+                "unavailable")
         breaker = self.breakers.get(url)
         last: GatewayError | None = None
+        last_exc: ModelCallError | None = None
         attempt = 0
         for attempt in range(1, retry.attempts + 1):
             left = self._time_left(ctx)
             if left <= 0:
                 raise _StepFailed(DeadlineExceeded(
-                    f"step {step_id!r} ran out of the request deadline ({self._deadline_ms(ctx):.0f} ms)"), attempt - 1)
+                    f"step {step_id!r} ran out of the request deadline ({self._deadline_ms(ctx):.0f} ms)"),
+                    attempt - 1, "deadline" if last is None else _error_type(last_exc))
             if not breaker.allow():
                 raise _StepFailed(ServiceUnavailable(
                     f"the model server for {model!r} is failing (circuit open); retry in a few seconds"),
-                    attempt - 1)
+                    attempt - 1, "circuit_open")
             try:
                 reply = await self.client.predict(
                     url, route.version, instances, timeout_s=min(timeout_ms / 1000, left),
@@ -290,11 +315,11 @@ class WorkflowEngine:
                 )
             except RejectedCall as exc:
                 breaker.record_success()  # the server is up; the request is what it refused
-                raise _StepFailed(self._rejected(model, route.version, exc), attempt) from exc
+                raise _StepFailed(self._rejected(model, route.version, exc), attempt, "rejected") from exc
             except RetryableCallError as exc:
                 breaker.record_failure()
                 self._count_error(ctx, step_id, model, route, "retry")
-                last = self._unavailable(model, exc)
+                last, last_exc = self._unavailable(model, exc), exc
                 if attempt < retry.attempts:
                     delay = self._rng() * retry.backoff_before(attempt + 1) / 1000
                     if delay >= self._time_left(ctx):
@@ -303,13 +328,15 @@ class WorkflowEngine:
                 continue
             breaker.record_success()
             return reply.outputs, attempt
-        raise _StepFailed(last or ServiceUnavailable(f"model {model!r} failed"), attempt)
+        raise _StepFailed(last or ServiceUnavailable(f"model {model!r} failed"), attempt,
+                          "unavailable" if last_exc is None else _error_type(last_exc))
 
     def _rejected(self, model: str, version: str, exc: ModelCallError) -> GatewayError:
         if exc.status == 404:
             return ServiceUnavailable(
-                f"the model server for {model!r} does not serve version {version}; "
-                f"restart it with `tandem serve model {model}` to load the registry's current versions")
+                f"version {version} of {model!r} is not served: no model server has it loaded yet "
+                "(servers load a version once it gains an alias); "
+                f"`tandem models status {model}` shows what each server has loaded")
         if exc.status == 422:
             return InvalidInput([{"field": "input", "message": f"model {model!r} rejected it: {exc}"}])
         return UpstreamError(f"model {model!r} refused the call: {exc}")
@@ -336,7 +363,7 @@ class WorkflowEngine:
             url = self._servers().get(model)
             started = self.clock()
             report = StepReport(step_id, model, version, "shadow")
-            outputs = None
+            outputs, error_type = None, None
             try:
                 if url is None:
                     raise ModelCallError(f"no server for {model!r}")
@@ -346,19 +373,22 @@ class WorkflowEngine:
                 self.metrics.shadow.labels(model, "ok").inc()
             except Exception as exc:  # noqa: BLE001 — a shadow never fails the caller; its failure is logged
                 report.status, report.error = "error", str(exc)[:500]
+                error_type = _error_type(exc) if isinstance(exc, ModelCallError) else "internal"
                 self.metrics.shadow.labels(model, "error").inc()
             report.latency_ms = (self.clock() - started) * 1000
-            self._log(ctx, step_id, report, instances, outputs)
+            self._log(ctx, step_id, report, instances, outputs, error_type)
 
     async def drain_shadows(self) -> None:
         if self._shadow_tasks:
             await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
 
-    def _log(self, ctx: RequestContext, step_id: str, report: StepReport, instances, outputs) -> None:
+    def _log(self, ctx: RequestContext, step_id: str, report: StepReport, instances, outputs,
+             error_type: str | None = None) -> None:
         if self.log is None:
             return
         now = datetime.now(UTC)
-        status = "ok" if report.status in ("ok", "fallback") else report.status
+        day = now.date()
+        status = report.status
         for i, inst in enumerate(instances):
             out = outputs[i] if outputs else None
             self.log.log({
@@ -367,8 +397,17 @@ class WorkflowEngine:
                 "model": report.model, "version": report.version, "arm": report.arm,
                 "input_hash": content_hash(inst), "output_summary": summarize(inst, out),
                 "latency_ms": report.latency_ms, "status": status, "error": report.error,
-                "cached": report.cached, "ts": now, "day": now.date(),
+                "error_type": error_type, "cached": report.cached, "ts": now, "day": day,
             })
+
+    def _log_failure(self, ctx: RequestContext, step_id: str, model: str, version: str | None, arm: str | None,
+                     failed: _StepFailed, instances, started: float) -> None:
+        """`error` rows for a call that failed, on the version and arm it was routed to."""
+        if self.log is None:
+            return
+        report = StepReport(step_id, model, version, arm, latency_ms=(self.clock() - started) * 1000,
+                            attempts=failed.attempts, status="error", error=failed.error.detail[:500])
+        self._log(ctx, step_id, report, instances, None, failed.error_type)
 
     def _count_error(self, ctx, step_id, model, route: Route, kind: str) -> None:
         self.metrics.step_errors.labels(ctx.tenant, ctx.workflow or "", step_id, model, route.version or "",
@@ -379,6 +418,17 @@ class WorkflowEngine:
 
     def _deadline_ms(self, ctx: RequestContext) -> float:
         return ctx.budget_ms
+
+
+def _error_type(exc: ModelCallError) -> str:
+    """The `error_type` of a failed model call: timeout, unavailable (no answer / overloaded) or upstream_error."""
+    if isinstance(exc, CallTimeout):
+        return "timeout"
+    if isinstance(exc, RejectedCall):
+        return "rejected"
+    if exc.status is None or exc.status in (429, 503):
+        return "unavailable"
+    return "upstream_error"
 
 
 def _first_gateway_error(group: BaseExceptionGroup) -> GatewayError | None:

@@ -42,10 +42,15 @@ def prediction_row(
     output_summary: str | None = None,
     latency_ms: float | None = None,
     error: str | None = None,
+    error_type: str | None = None,
     cached: bool | None = None,
     ts: datetime | None = None,
 ) -> dict[str, Any]:
-    """A row of the `predictions` table (see `lakehouse.catalog`), `ts` defaulting to now (UTC)."""
+    """A row of the `predictions` table (see `lakehouse.catalog`), `ts` defaulting to now (UTC).
+
+    `status` is ok | error | fallback | skipped; an `error` row names its `error_type`
+    (timeout, upstream_error, unavailable, circuit_open, rejected, deadline, cancelled).
+    """
     ts = ts or datetime.now(UTC)
     return {
         "request_id": request_id,
@@ -65,6 +70,7 @@ def prediction_row(
         "cached": cached,
         "ts": ts,
         "day": ts.astimezone(UTC).date(),
+        "error_type": error_type,
     }
 
 

@@ -1,4 +1,7 @@
-"""The control loop's pure parts: distances, canary verdicts and ladder decisions, retention plans, tenant files."""
+"""The control loop's pure parts: distances, ladder decisions, retention plans, tenant files.
+
+The canary guard's statistics and decisions are in test_canary_guard.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from assets.canary import Arm, CanaryConfig, verdict
 from assets.maintenance import retention_plan
 from assets.resources import read_tenant_retention
 from assets.stats import p95, parse_summaries, psi, psi_categorical, tv_distance
@@ -44,33 +46,14 @@ def test_summaries_and_percentiles_tolerate_missing_values():
     assert p95(list(range(101))) == pytest.approx(95.0)
 
 
-def arm(requests: int, errors: int, latency: float = 10.0) -> Arm:
-    return Arm(requests, errors, [latency] * (requests - errors), [])
-
-
-def test_the_verdict_names_every_breached_guardrail():
-    cfg = CanaryConfig()
-    passed, reasons = verdict("classify", {"stable": arm(100, 1), "canary": arm(100, 10, latency=80.0)}, 0.4,
-                              0.9, 0.7, cfg)
-    assert not passed
-    assert [r.split(" ")[0] for r in reasons] == ["error", "p95", "output", "accuracy"]
-
-
-def test_thin_live_traffic_is_noted_but_only_offline_quality_decides():
-    cfg = CanaryConfig(min_requests=20)
-    passed, reasons = verdict("embed", {"stable": arm(100, 0), "canary": arm(5, 5)}, None, 1.0, 0.995, cfg)
-    assert passed and "live guardrails not applied" in reasons[0]
-    passed, reasons = verdict("embed", {"stable": arm(100, 0), "canary": arm(5, 0)}, None, 1.0, 0.9, cfg)
-    assert not passed and reasons[0].startswith("cosine agreement")
-
-
 def state(weight: float) -> AliasState:
     return AliasState(name="m", stable="1", canary="2", canary_weight=weight, updated_at=NOW)
 
 
-def ev(i: int, passed: bool, requests: int = 50) -> dict:
+def ev(i: int, passed: bool, requests: int = 50, decision: str | None = None) -> dict:
+    """An evaluation row; without `decision` it is one written before that column existed."""
     return {"eval_id": f"e{i}", "run_id": f"run{i}", "passed": passed, "canary_requests": requests,
-            "reasons": None if passed else json.dumps(["error rate 0.3 vs stable 0.0"])}
+            "reasons": None if passed else json.dumps(["error rate 0.3 vs stable 0.0"]), "decision": decision}
 
 
 @pytest.mark.parametrize(("weight", "action", "target"), [
@@ -93,6 +76,18 @@ def test_a_streak_needs_enough_traffic_and_restarts_after_a_failure():
     assert canary_decision(state(0.05), [ev(1, True, requests=3), ev(2, True)], ladder, 2, 20).action == "hold"
     assert canary_decision(state(0.05), [ev(1, True), ev(2, False), ev(3, True)], ladder, 2, 20).action == "hold"
     assert canary_decision(state(0.05), [], ladder, 2, 20) is None
+
+
+def test_holds_neither_count_nor_break_a_streak_and_only_a_rollback_decision_rolls_back():
+    ladder = (0.05, 0.25, 0.5)
+    passing, holding = (lambda i: ev(i, True, decision="pass")), (lambda i: ev(i, False, 0, decision="hold"))
+    assert canary_decision(state(0.05), [holding(1), holding(2)], ladder, 2, 20).action == "hold"
+    assert canary_decision(state(0.05), [passing(1), holding(2)], ladder, 2, 20).action == "hold"
+    d = canary_decision(state(0.05), [passing(1), holding(2), passing(3)], ladder, 2, 20)
+    assert (d.action, d.weight) == ("advance", 0.25) and "2 consecutive passing evaluations" in d.reason
+    rollback = ev(4, False, decision="rollback")
+    assert canary_decision(state(0.25), [passing(1), passing(2), rollback], ladder, 2, 20).action == "rollback"
+    assert canary_decision(state(0.25), [rollback, passing(5)], ladder, 2, 20).action == "hold"
 
 
 def test_retention_plan_covers_listed_tenants_and_everyone_else():

@@ -12,7 +12,15 @@ from models.testing import hash_vector
 from models.workflows import RetryPolicy, load_workflows
 from online.gateway.breaker import BreakerBoard
 from online.gateway.cache import PredictionCache
-from online.gateway.client import EndpointUnreachable, ModelClient, ModelReply, RetryableCallError
+from online.gateway.client import (
+    CallTimeout,
+    EndpointUnreachable,
+    ModelCallError,
+    ModelClient,
+    ModelReply,
+    RejectedCall,
+    RetryableCallError,
+)
 from online.gateway.engine import RequestContext, WorkflowEngine
 from online.gateway.metrics import GatewayMetrics
 from online.gateway.problems import DeadlineExceeded, ServiceUnavailable
@@ -38,6 +46,7 @@ class FakeServers:
         self.delay_s = delay_s
         self.down: set[str] = set()
         self.fail_first: dict[str, int] = {}
+        self.broken: dict[tuple[str, str], ModelCallError] = {}  # (model, version) -> what every call raises
         self.calls: list[tuple[str, str, float, float]] = []  # model, version, start, end
 
     async def send(self, base_url: str, version: str, inputs: list[dict], *, timeout_s: float,
@@ -49,6 +58,8 @@ class FakeServers:
         if self.fail_first.get(model, 0) > 0:
             self.fail_first[model] -= 1
             raise RetryableCallError(f"{base_url} answered 500: boom", status=500)
+        if (model, version) in self.broken:
+            raise self.broken[model, version]
         await asyncio.sleep(self.delay_s)
         self.calls.append((model, version, start, time.perf_counter()))
         return ModelReply(version, [fake_output(model, version, inp) for inp in inputs])
@@ -60,11 +71,25 @@ class FakeServers:
         pass
 
 
-def make_engine(fake: FakeServers, states: dict | None = None, **kw) -> WorkflowEngine:
+class RecordingLog:
+    """Stands in for the PredictionLog: keeps the rows."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def log(self, row: dict) -> None:
+        self.rows.append(row)
+
+    def outcomes(self) -> list[tuple]:
+        return [(r["model"], r["version"], r["arm"], r["status"], r["error_type"]) for r in self.rows]
+
+
+def make_engine(fake: FakeServers, states: dict | None = None, log: RecordingLog | None = None,
+                **kw) -> WorkflowEngine:
     states = states or {m: AliasState(name=m, stable="1") for m in SERVERS}
     return WorkflowEngine(
         client=ModelClient(fake), servers=lambda: SERVERS,
-        states=lambda: states, router=Router(), cache=PredictionCache(), log=None,
+        states=lambda: states, router=Router(), cache=PredictionCache(), log=log,
         breakers=BreakerBoard(failure_threshold=3, reset_timeout_s=60), metrics=GatewayMetrics(),
         rng=lambda: 0.0, **kw,
     )
@@ -169,3 +194,83 @@ def test_step_report_as_dict_names_every_field():
 
     report = StepReport("s", "m", "1", "stable", cached=True, latency_ms=1.5, attempts=2, error="x")
     assert report.as_dict() == asdict(report)
+
+
+CANARY_ONLY = {"classifier": AliasState(name="classifier", stable="1", canary="2", canary_weight=1.0),
+               "embedder": AliasState(name="embedder", stable="1", shadow="3")}
+
+
+async def test_a_failed_canary_call_is_an_error_row_on_its_arm_and_the_fallback_answer_a_fallback_row():
+    fake, log = FakeServers(), RecordingLog()
+    fake.broken["classifier", "2"] = RetryableCallError("http://classifier answered 500: boom", status=500)
+    engine = make_engine(fake, states=CANARY_ONLY, log=log)
+    report, outputs = await engine.call_step(
+        step_id="classify", model="classifier", task="classify", instances=[{"text": "a"}, {"text": "b"}],
+        ctx=ctx(), timeout_ms=500, retry=RetryPolicy(attempts=2), fallback=("classifier", "stable"))
+    assert report.status == "fallback" and outputs[0]["label"] == "sports"
+    assert log.outcomes() == [("classifier", "2", "canary", "error", "upstream_error")] * 2 + [
+        ("classifier", "1", "fallback", "fallback", None)] * 2
+    error_row = log.rows[0]
+    assert "500" in error_row["error"] and error_row["latency_ms"] >= 0 and error_row["request_id"] == "r1"
+
+
+@pytest.mark.parametrize(("failure", "problem", "error_type"), [
+    (EndpointUnreachable("http://classifier is unreachable"), ServiceUnavailable, "unavailable"),
+    (CallTimeout("read timeout"), DeadlineExceeded, "timeout"),
+    (RetryableCallError("answered 502", status=502), ServiceUnavailable, "upstream_error"),
+    (RejectedCall("answered 404", status=404), ServiceUnavailable, "rejected"),
+])
+async def test_a_request_that_fails_still_logs_its_error_row_with_the_version_and_arm(failure, problem, error_type):
+    fake, log = FakeServers(), RecordingLog()
+    fake.broken["classifier", "2"] = failure
+    engine = make_engine(fake, states=CANARY_ONLY, log=log)
+    with pytest.raises(problem):
+        await engine.run(WORKFLOWS["classify"], {"text": "x"}, ctx(workflow="classify"))
+    assert log.outcomes() == [("classifier", "2", "canary", "error", error_type)]
+    assert log.rows[0]["workflow"] == "classify" and log.rows[0]["step"] == "classify"
+
+
+async def test_an_unreachable_server_then_its_open_circuit_are_logged_as_such():
+    fake, log = FakeServers(), RecordingLog()
+    fake.down.add("classifier")
+    engine = make_engine(fake, log=log)
+    for _ in range(2):  # 2 attempts each: the breaker opens at the 3rd failure, during the 2nd request
+        with pytest.raises(ServiceUnavailable):
+            await engine.run(WORKFLOWS["classify"], {"text": "x"}, ctx())
+    with pytest.raises(ServiceUnavailable, match="circuit open"):
+        await engine.run(WORKFLOWS["classify"], {"text": "x"}, ctx())
+    assert [r["error_type"] for r in log.rows] == ["unavailable", "circuit_open", "circuit_open"]
+    assert {(r["version"], r["arm"], r["status"]) for r in log.rows} == {("1", "stable", "error")}
+
+
+async def test_a_call_cut_by_the_request_deadline_is_logged_as_a_deadline_error():
+    fake, log = FakeServers(delay_s=0.5), RecordingLog()
+    with pytest.raises(DeadlineExceeded):
+        await make_engine(fake, log=log).run(WORKFLOWS["classify"], {"text": "x"}, ctx(deadline_s=0.1))
+    assert log.outcomes() == [("classifier", "1", "stable", "error", "deadline")]
+
+
+async def test_successes_shadows_and_skips_are_logged_with_their_status():
+    fake, log = FakeServers(), RecordingLog()
+    fake.broken["embedder", "3"] = CallTimeout("shadow read timeout")
+    engine = make_engine(fake, states=CANARY_ONLY, log=log)
+    await engine.call_step(step_id="e", model="embedder", task="embed", instances=[{"text": "a"}], ctx=ctx(),
+                           timeout_ms=500, retry=RetryPolicy())
+    await engine.drain_shadows()
+    fake.broken["embedder", "1"] = EndpointUnreachable("down")
+    report, _ = await engine.call_step(step_id="e", model="embedder", task="embed", instances=[{"text": "b"}],
+                                       ctx=ctx(), timeout_ms=500, retry=RetryPolicy(attempts=1), optional=True)
+    assert report.status == "skipped"
+    assert log.outcomes() == [
+        ("embedder", "1", "stable", "ok", None), ("embedder", "3", "shadow", "error", "timeout"),
+        ("embedder", "1", "stable", "error", "unavailable"), ("embedder", None, None, "skipped", None),
+    ]
+
+
+async def test_a_version_the_server_has_not_loaded_points_at_models_status_not_a_restart():
+    fake = FakeServers()
+    fake.broken["classifier", "2"] = RejectedCall("answered 404: unknown version", status=404)
+    with pytest.raises(ServiceUnavailable) as caught:
+        await make_engine(fake, states=CANARY_ONLY).run(WORKFLOWS["classify"], {"text": "x"}, ctx())
+    assert "tandem models status classifier" in caught.value.detail
+    assert "not served" in caught.value.detail and "restart" not in caught.value.detail

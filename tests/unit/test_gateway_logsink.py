@@ -209,3 +209,33 @@ def test_invalid_settings_are_refused():
         PredictionLog(Writer(), max_rows=0)
     with pytest.raises(ValueError):
         PredictionLog(Writer(), max_rows=10, max_buffer=5)
+
+
+def test_the_log_appends_to_a_predictions_table_created_before_error_type(tmp_path):
+    """A lake written by an older gateway (no `error_type` column) takes the new rows; old rows read as null."""
+    from datetime import date
+
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    from lakehouse import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    old_schema = pa.schema([f for f in get_table("predictions").schema if f.name != "error_type"])
+    DeltaTable.create(lake.uri("predictions"), old_schema, partition_by=["day"])
+    ts = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    old_row = {k: v for k, v in prediction_row(request_id="old", tenant="t", model="m", status="ok", ts=ts).items()
+               if k != "error_type"}
+    write_deltalake(lake.uri("predictions"), pa.Table.from_pylist([old_row], schema=old_schema), mode="append")
+
+    lake.append("predictions", [prediction_row(request_id="new", tenant="t", model="m", status="error",
+                                               error_type="timeout", ts=ts)])
+    lake.appender("predictions").append([prediction_row(request_id="newer", tenant="t", model="m",
+                                                        status="error", error_type="circuit_open", ts=ts)])
+
+    rows = {r["request_id"]: r for r in lake.read("predictions").to_pylist()}
+    assert {k: rows[k]["error_type"] for k in rows} == {"old": None, "new": "timeout", "newer": "circuit_open"}
+    assert rows["old"]["day"] == date(2026, 3, 1)
+    by_sql = lake.sql("SELECT request_id, error_type FROM predictions ORDER BY request_id").to_pylist()
+    assert by_sql == [{"request_id": "new", "error_type": "timeout"}, {"request_id": "newer", "error_type": "circuit_open"},
+                      {"request_id": "old", "error_type": None}]
