@@ -87,8 +87,9 @@ def test_one_rate_limit_across_two_replicas(pair):
                     assert int(r.headers["retry-after"]) >= 1
                     time.sleep(0.02)
 
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(hammer, pair.urls * 2))
+    # Each accepted request takes ~300 ms at the model: 8 clients per replica offer ~50 requests/s.
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(hammer, pair.urls * 8))
     print(f"two replicas, 10 s at 10/s burst 10: {counts}")
     assert set(counts) <= {200, 429}, counts
     assert 80 <= counts.get(200, 0) <= 140, counts
@@ -103,8 +104,7 @@ def test_one_idempotency_key_sent_to_both_replicas_at_once_runs_once(pair):
     assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
     assert len({r.content for r in responses}) == 1  # one answer, replayed
     assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 3
-    request_ids = [r.headers["x-request-id"] for r in responses]
-    assert len(set(request_ids)) == 1  # the stored headers too: the runner's request id
+    assert len({r.json()["metadata"]["request_id"] for r in responses}) == 1  # the runner's request id
 
     def logged() -> int:
         rows = pair.registry._lake.sql("SELECT count(*) AS n FROM predictions WHERE tenant = 'idem'", []).to_pylist()
