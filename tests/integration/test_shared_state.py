@@ -29,6 +29,8 @@ TENANTS = {
     "idem": dict(rate_per_s=1000, burst=1000),
     "quota": dict(rate_per_s=1000, burst=1000, daily_quota=3),
     "outage": dict(rate_per_s=1000, burst=1000, daily_quota=1),
+    "greedy": dict(rate_per_s=1000, burst=1000, max_in_flight=2),
+    "polite": dict(rate_per_s=1000, burst=1000),
 }
 
 
@@ -130,6 +132,20 @@ def test_the_daily_quota_holds_across_replicas_and_a_gateway_restart(pair):
         r = run(url, pair.keys["quota"], "q4")
         assert r.status_code == 429, r.text
         assert r.json()["type"].endswith("quota-exceeded") and int(r.headers["retry-after"]) >= 1
+
+
+def test_a_tenant_over_its_in_flight_cap_is_refused_while_another_is_served(pair):
+    url = pair.urls[0]
+    with ThreadPoolExecutor(7) as pool:
+        greedy = [pool.submit(run, url, pair.keys["greedy"], f"greedy {i} {time.time()}") for i in range(6)]
+        time.sleep(0.05)
+        polite = pool.submit(run, url, pair.keys["polite"], f"polite {time.time()}")
+        statuses = sorted(f.result().status_code for f in greedy)
+        assert polite.result().status_code == 200
+    assert statuses == [200, 200, 429, 429, 429, 429], statuses
+    refused = next(f.result() for f in greedy if f.result().status_code == 429)
+    assert refused.headers["retry-after"] == "1" and "in flight" in refused.json()["detail"]
+    assert 'tandem_tenant_in_flight_rejected_total{tenant="greedy"} 4.0' in httpx.get(url + "/metrics").text
 
 
 def test_with_redis_stopped_limits_fail_open_and_idempotent_requests_get_503(pair):
