@@ -199,16 +199,13 @@ def test_in_flight_caps_each_tenant_separately_and_frees_slots_on_exit():
     gate = InFlight(default=2, on_reject=rejected.append)
     a, b, small = Tenant("a"), Tenant("b"), Tenant("small", max_in_flight=1)
     with gate.slot(a), gate.slot(a):
-        with pytest.raises(RateLimited) as exc:
-            with gate.slot(a):
-                pass
+        with pytest.raises(RateLimited) as exc, gate.slot(a):
+            pass
         assert exc.value.headers["Retry-After"] == "1" and "2 requests in flight" in exc.value.detail
         with gate.slot(b):  # another tenant is not held back by a's backlog
             assert gate.count("b") == 1
-        with gate.slot(small):
-            with pytest.raises(RateLimited):
-                with gate.slot(small):
-                    pass
+        with gate.slot(small), pytest.raises(RateLimited), gate.slot(small):
+            pass
     assert gate.count("a") == 0 and rejected == ["a", "small"]
     with pytest.raises(ValueError, match="in-flight cap"):
         InFlight(default=0)
