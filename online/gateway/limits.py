@@ -13,10 +13,9 @@ does no I/O: `admit` is a coroutine only so that both backends share one call si
 from __future__ import annotations
 
 import abc
-import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Protocol
 
 from online.gateway.problems import QuotaExceeded, RateLimited, retry_after_seconds
@@ -243,9 +242,9 @@ class InFlight:
     def count(self, tenant_id: str) -> int:
         return self._counts.get(tenant_id, 0)
 
-    @contextlib.contextmanager
-    def slot(self, tenant: _Concurrency) -> Iterator[None]:
-        """Hold one of the tenant's slots for the duration of the block, or raise `RateLimited`."""
+    def slot(self, tenant: _Concurrency) -> _Slot:
+        """`with in_flight.slot(tenant):` holds one of the tenant's slots for the block, or raises
+        `RateLimited` (a plain class, not a generator: this runs on every request)."""
         cap = tenant.max_in_flight or self.default
         n = self._counts.get(tenant.id, 0)
         if cap is not None and n >= cap:
@@ -261,11 +260,21 @@ class InFlight:
             )
         # Only the event loop's thread touches the counts (no await between read and write).
         self._counts[tenant.id] = n + 1
-        try:
-            yield
-        finally:
-            left = self._counts[tenant.id] - 1
-            if left:
-                self._counts[tenant.id] = left
-            else:
-                del self._counts[tenant.id]
+        return _Slot(self._counts, tenant.id)
+
+
+class _Slot:
+    __slots__ = ("_counts", "_id")
+
+    def __init__(self, counts: dict[str, int], tenant_id: str):
+        self._counts, self._id = counts, tenant_id
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        left = self._counts[self._id] - 1
+        if left:
+            self._counts[self._id] = left
+        else:
+            del self._counts[self._id]

@@ -332,3 +332,25 @@ def test_the_state_url_must_name_redis():
     with pytest.raises(ValueError, match="redis://"):
         open_state("postgres://x")
     assert open_state(None).backend == "memory"
+
+
+async def test_limits_are_enforced_again_once_redis_is_back(tmp_path, caplog):
+    server = start_redis(tmp_path / "redis")
+    registry = CollectorRegistry()
+    state = open_state(server.url, registry=registry, timeout_s=0.3, retry_s=0.2)
+    tenant = Tenant(rate_per_s=0.1, burst=1)
+    try:
+        await state.limits.admit(tenant)
+        server.stop()
+        await state.limits.admit(tenant)  # over the limit, but Redis is gone: open
+        assert registry.get_sample_value("tandem_state_up") == 0
+        server = start_redis(tmp_path / "redis", port=server.port)  # a fresh, empty Redis
+        await asyncio.sleep(0.25)
+        await state.limits.admit(tenant)
+        with pytest.raises(RateLimited):
+            await state.limits.admit(tenant)
+        assert registry.get_sample_value("tandem_state_up") == 1
+        assert "shared state answers again" in caplog.text
+    finally:
+        await state.close()
+        server.stop()
