@@ -7,7 +7,7 @@ export TANDEM_HOME ?= $(CURDIR)/.tandem
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install up test test-fast lint bench clean
+.PHONY: install up test test-fast lint bench clean redis-server
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,7 +20,15 @@ install: $(STAMP)
 up: $(STAMP) ## start the whole platform on its embedded defaults
 	$(BIN)/tandem up
 
-test: $(STAMP) ## run the whole test suite
+# The shared-state tests run a real Redis; on a fresh Debian machine (CI, as root) install it.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; \
+	  else echo "redis-server is missing: install it (e.g. apt-get install redis-server)" >&2; exit 1; fi; }
+
+test: $(STAMP) redis-server ## run the whole test suite
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-fast: $(STAMP)

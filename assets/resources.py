@@ -11,10 +11,8 @@ process running the step, read when the step runs, never at import time.
 
 import threading
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
-import yaml
 
 from lakehouse import Lake
 from models.artifacts import ArtifactStore
@@ -22,6 +20,7 @@ from models.executor import OpResolver
 from models.ops import ModelOp, load_op
 from models.registry import Registry
 from models.settings import TandemSettings
+from models.tenancy import load_tenants
 from models.workflows import WorkflowSpec, load_workflows
 
 __all__ = ["LakeResource", "ModelLoader", "RegistryResource", "TandemConfig", "build_resources"]
@@ -59,24 +58,9 @@ class TandemConfig(dg.ConfigurableResource):
 
 
 def read_tenant_retention(path: Path) -> dict[str, int]:
-    """Parse the tenant file defensively: `tenants: {id: {...}}` (the gateway's format) or a list of
-    `{id, retention_days}`; tenants without a valid `retention_days` are left out (the default applies)."""
-    if not Path(path).exists():
-        return {}
-    doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    raw: Any = doc.get("tenants", {}) if isinstance(doc, dict) else doc
-    if isinstance(raw, dict):
-        entries = [{"id": tid, **(fields or {})} for tid, fields in raw.items() if isinstance(fields, dict | None)]
-    elif isinstance(raw, list):
-        entries = [e for e in raw if isinstance(e, dict)]
-    else:  # a malformed file, not a programming error: ValueError like the gateway's TenantStore
-        raise ValueError(f"{path}: expected `tenants:` to be a mapping of tenant ids or a list of tenants")  # noqa: TRY004
-    out: dict[str, int] = {}
-    for entry in entries:
-        days = entry.get("retention_days")
-        if entry.get("id") is not None and isinstance(days, int) and not isinstance(days, bool) and days >= 1:
-            out[str(entry["id"])] = days
-    return out
+    """`{tenant id: retention_days}` through the one tenant parser (`models.tenancy`); a broken file
+    raises `TenancyError` naming the tenant and field rather than silently keeping records longer."""
+    return {tid: t.retention_days for tid, t in load_tenants(Path(path)).items()}
 
 
 class LakeResource(dg.ConfigurableResource):

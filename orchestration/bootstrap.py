@@ -91,7 +91,7 @@ def init_home(settings: TandemSettings, *, corpus_size: int = 4000, say: Callabl
 
 def ensure_demo_tenant(settings: TandemSettings) -> str | None:
     """Create the `demo` tenant (all scopes) if missing; its key is kept in TANDEM_HOME for local use."""
-    from online.gateway.tenants import TenantStore
+    from models.tenancy import TenantStore
 
     store = TenantStore(settings.tenants_file)
     key_file = settings.home / DEMO_KEY_FILE

@@ -34,6 +34,7 @@ class Caller:
     trace_id: str
     traceparent: str
     routing_key: str
+    quota_counted: bool = False  # counted with the rate token: `respond` must not count it again
 
 
 def _key_from_headers(authorization: str | None, api_key: str | None) -> str | None:
@@ -44,13 +45,15 @@ def _key_from_headers(authorization: str | None, api_key: str | None) -> str | N
     return None
 
 
-def resolve_caller(runtime: Runtime, headers: Mapping[str, str], request_id: str) -> Caller:
-    """The caller of a request from its (lower-case) headers: 401 for a bad key, 429 over the rate limit."""
+async def resolve_caller(runtime: Runtime, headers: Mapping[str, str], request_id: str, *,
+                         quota: bool = False) -> Caller:
+    """The caller of a request from its (lower-case) headers: 401 for a bad key, 429 over the rate limit
+    (or, with `quota`, over the daily quota: both in one shared-state call)."""
     tenant = runtime.tenants.authenticate(_key_from_headers(headers.get("authorization"), headers.get("x-api-key")))
-    runtime.limiter.check(tenant)
+    await runtime.limits.admit(tenant, quota=quota)
     trace_id, parent = parse_traceparent(headers.get("traceparent"))
     return Caller(tenant=tenant, request_id=request_id, trace_id=trace_id, traceparent=parent,
-                  routing_key=f"{tenant.id}:{headers.get('x-routing-key') or request_id}")
+                  routing_key=f"{tenant.id}:{headers.get('x-routing-key') or request_id}", quota_counted=quota)
 
 
 async def authenticate(
@@ -67,7 +70,7 @@ async def authenticate(
         x_request_id or new_id())
     headers = {"authorization": authorization, "x-api-key": x_api_key, "x-routing-key": x_routing_key,
                "traceparent": traceparent}
-    caller = resolve_caller(runtime, {k: v for k, v in headers.items() if v is not None}, request_id)
+    caller = await resolve_caller(runtime, {k: v for k, v in headers.items() if v is not None}, request_id)
     request.state.tenant = caller.tenant.id
     request.state.trace_id = caller.trace_id
     return caller

@@ -67,21 +67,35 @@ async def respond(
     body: BaseModel,
     route: str,
     run: Callable[[], Awaitable[dict]],
+    *,
+    deadline_ms: int | None = None,
 ) -> Response:
-    """Run `run` once per idempotency key (replaying the stored answer) and render JSON."""
-    runtime.quotas.consume(caller.tenant)
+    """Run `run` once per idempotency key (replaying the stored answer) and render JSON.
+
+    The request counts against the tenant's daily quota here unless it was counted with its rate
+    token (`caller.quota_counted`, the fast path: one shared-state call per request). `run` holds
+    one of the tenant's in-flight slots on this gateway (429 when they are all taken). A twin
+    request in flight elsewhere is waited for at most `deadline_ms` (else the default deadline).
+    """
+    tenant = caller.tenant
+    if not caller.quota_counted:
+        await runtime.limits.consume_quota(tenant)
     headers = {"x-request-id": caller.request_id, "x-trace-id": caller.trace_id}
     if not idempotency_key:
-        return Response(orjson.dumps(await run()), media_type=JSON, headers=headers)
+        with runtime.in_flight.slot(tenant):
+            content = orjson.dumps(await run())
+        return Response(content, media_type=JSON, headers=headers)
     body_hash = content_hash({"route": route, "body": body.model_dump()})
-    stored = await runtime.idempotency.begin(caller.tenant.id, idempotency_key, body_hash)
+    wait_s = (deadline_ms or runtime.gateway.default_deadline_ms) / 1000
+    stored = await runtime.idempotency.begin(tenant.id, idempotency_key, body_hash, wait_s=wait_s)
     if stored is not None:
         return Response(stored.body, status_code=stored.status, media_type=JSON,
                         headers={**stored.headers, "idempotent-replayed": "true"})
     try:
-        content = orjson.dumps(await run())
+        with runtime.in_flight.slot(tenant):
+            content = orjson.dumps(await run())
     except BaseException:
-        await runtime.idempotency.abandon(caller.tenant.id, idempotency_key, body_hash)
+        await runtime.idempotency.abandon(tenant.id, idempotency_key, body_hash)
         raise
-    await runtime.idempotency.complete(caller.tenant.id, idempotency_key, body_hash, 200, content, headers)
+    await runtime.idempotency.complete(tenant.id, idempotency_key, body_hash, 200, content, headers)
     return Response(content, media_type=JSON, headers=headers)

@@ -82,7 +82,7 @@ class FastPath:
                       headers: Mapping[bytes, bytes], request_id: str) -> Response:
         runtime = self.runtime
         hdrs = {k.decode(): v.decode("latin-1") for k in _HEADERS if (v := headers.get(k)) is not None}
-        caller = resolve_caller(runtime, hdrs, request_id)
+        caller = await resolve_caller(runtime, hdrs, request_id, quota=True)  # every route here counts
         state = scope["state"]
         state["tenant"], state["trace_id"] = caller.tenant.id, caller.trace_id
         caller.tenant.require_scope("predict")

@@ -12,8 +12,12 @@
 
 A second caller with the same key and body while the first is in flight waits for it, then
 replays its response (or, if it was abandoned, runs itself). Responses with status >= 500 are
-not kept, so a retry runs again. Bound the wait with the request's deadline
-(`async with asyncio.timeout(...)`); a waiter that is cancelled leaves the owner untouched.
+not kept, so a retry runs again. `begin(..., wait_s=)` bounds the wait (the request's deadline):
+past it the waiter gets 409 (`still_in_flight`); a waiter that gives up leaves the owner untouched.
+
+    IdempotencyBackend          the interface
+    ├── IdempotencyStore        in memory, one gateway process (the embedded default)
+    └── state.RedisIdempotency  shared by every gateway replica on one Redis
 """
 
 from __future__ import annotations
@@ -27,10 +31,19 @@ from dataclasses import dataclass, field
 
 from online.gateway.problems import Conflict, InvalidInput
 
-__all__ = ["MAX_KEY_LENGTH", "IdempotencyBackend", "IdempotencyStore", "StoredResponse"]
+__all__ = ["MAX_KEY_LENGTH", "IdempotencyBackend", "IdempotencyStore", "StoredResponse", "check_key", "still_in_flight"]
 
 MAX_KEY_LENGTH = 255
 _CONFLICT = "Idempotency-Key was already used with a different request body; use a new key"
+
+
+def still_in_flight(waited_s: float) -> Conflict:
+    """The 409 for a waiter whose twin (same key, same body) did not finish within its deadline."""
+    return Conflict(
+        f"a request with this Idempotency-Key is still in flight (waited {waited_s:.1f} s, this request's "
+        "deadline); retry with the same key later to get its answer",
+        headers={"Retry-After": "1"},
+    )
 
 
 @dataclass(frozen=True)
@@ -46,11 +59,13 @@ class IdempotencyBackend(abc.ABC):
     """Where idempotency records live; in memory here, a shared store (Redis, Delta) later."""
 
     @abc.abstractmethod
-    async def begin(self, tenant: str, key: str, body_hash: str) -> StoredResponse | None:
+    async def begin(
+        self, tenant: str, key: str, body_hash: str, *, wait_s: float | None = None
+    ) -> StoredResponse | None:
         """A stored response to replay, or None when the caller now owns the key and must run.
 
-        Raises `Conflict` if the key was used with a different body; waits while the same
-        request is in flight elsewhere.
+        Raises `Conflict` if the key was used with a different body; waits (at most `wait_s`,
+        then `Conflict`) while the same request is in flight elsewhere.
         """
 
     @abc.abstractmethod
@@ -62,6 +77,9 @@ class IdempotencyBackend(abc.ABC):
     @abc.abstractmethod
     async def abandon(self, tenant: str, key: str, body_hash: str) -> None:
         """Release the key without a response, so the next caller runs the request."""
+
+    async def close(self) -> None:
+        """Release connections, if any."""
 
 
 @dataclass
@@ -99,9 +117,13 @@ class IdempotencyStore(IdempotencyBackend):
     def in_flight(self) -> int:
         return sum(1 for r in self._records.values() if r.response is None)
 
-    async def begin(self, tenant: str, key: str, body_hash: str) -> StoredResponse | None:
-        _check_key(key)
+    async def begin(
+        self, tenant: str, key: str, body_hash: str, *, wait_s: float | None = None
+    ) -> StoredResponse | None:
+        check_key(key)
         rk = (tenant, key)
+        loop = asyncio.get_running_loop()
+        give_up = None if wait_s is None else loop.time() + wait_s
         while True:
             now = self._clock()
             rec = self._records.get(rk)
@@ -121,7 +143,14 @@ class IdempotencyStore(IdempotencyBackend):
                 raise Conflict(_CONFLICT)
             if rec.response is not None:
                 return rec.response
-            await rec.done.wait()  # then look again: completed -> replay, abandoned -> run
+            # Then look again: completed -> replay, abandoned -> run.
+            if give_up is None:
+                await rec.done.wait()
+                continue
+            try:
+                await asyncio.wait_for(rec.done.wait(), max(0.0, give_up - loop.time()))
+            except TimeoutError:
+                raise still_in_flight(wait_s or 0.0) from None
 
     async def complete(
         self, tenant: str, key: str, body_hash: str, status: int, body: bytes, headers: Mapping[str, str]
@@ -162,7 +191,7 @@ class IdempotencyStore(IdempotencyBackend):
             del self._records[victim]
 
 
-def _check_key(key: str) -> None:
+def check_key(key: str) -> None:
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
         raise InvalidInput(
             [

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Counter
+
 from lakehouse import Lake
 from models.registry import Registry
 from models.settings import TandemSettings
@@ -24,13 +26,13 @@ from online.gateway.cache import PredictionCache
 from online.gateway.client import ModelClient
 from online.gateway.engine import WorkflowEngine
 from online.gateway.fleet import ServedView
-from online.gateway.idempotency import IdempotencyStore
-from online.gateway.limits import QuotaTracker, RateLimiter
+from online.gateway.limits import InFlight
 from online.gateway.logsink import PredictionLog
 from online.gateway.metrics import GatewayMetrics
 from online.gateway.problems import NotFound
 from online.gateway.routing import Router
 from online.gateway.settings import GatewaySettings
+from online.gateway.state import open_state
 from online.gateway.tenants import TenantStore
 
 log = logging.getLogger("tandem.gateway")
@@ -82,6 +84,16 @@ class ServerDirectory:
         return self._current
 
 
+class _BlockingQuota:
+    """`quotas.consume(tenant)` for plain `def` routes (run in a worker thread), e.g. job submission."""
+
+    def __init__(self, limits):
+        self._limits = limits
+
+    def consume(self, tenant, n: int = 1) -> None:
+        self._limits.consume_quota_blocking(tenant, n)
+
+
 class Runtime:
     """The gateway's long-lived collaborators, shared by all requests."""
 
@@ -102,9 +114,20 @@ class Runtime:
         self.tenants = TenantStore(settings.tenants_file)
         self.workflows: dict[str, WorkflowSpec] = load_workflows(settings.workflow_dir)
         self.metrics = GatewayMetrics()
-        self.limiter = RateLimiter()
-        self.quotas = QuotaTracker()
-        self.idempotency = IdempotencyStore(ttl_s=gateway.idempotency_ttl_s)
+        self._in_flight_rejects = Counter(
+            "tandem_tenant_in_flight_rejected_total",
+            "Requests refused (429) because their tenant had max_in_flight requests in flight on this gateway.",
+            ["tenant"], registry=self.metrics.registry)
+        # Rate, quota and idempotency records: in-process, or on Redis when TANDEM_STATE_URL is set.
+        self.state = open_state(
+            gateway.state_url, registry=self.metrics.registry, idempotency_ttl_s=gateway.idempotency_ttl_s,
+            lease_s=gateway.idempotency_lease_s or gateway.max_deadline_ms / 1000 + 30,
+            timeout_s=gateway.state_timeout_s, retry_s=gateway.state_retry_s,
+        )
+        self.limits = self.state.limits
+        self.quotas = _BlockingQuota(self.limits)
+        self.idempotency = self.state.idempotency
+        self.in_flight = InFlight(gateway.tenant_max_in_flight, on_reject=self._count_in_flight_reject)
         self.servers = ServerDirectory(gateway.servers, settings.home.absolute() / DEPLOYMENTS_FILE)
         self.states: dict[str, Any] = {}  # what routing uses: the registry's, less versions not loaded yet
         self.registry_states: dict[str, Any] = {}
@@ -133,6 +156,9 @@ class Runtime:
         )
         self._tasks: list[asyncio.Task] = []
         self.last_refresh = 0.0
+
+    def _count_in_flight_reject(self, tenant: str) -> None:
+        self._in_flight_rejects.labels(tenant).inc()
 
     def _write_predictions(self, rows: list[dict]) -> None:
         if self._appender is None:
@@ -185,6 +211,7 @@ class Runtime:
         if self.log is not None:
             await self.log.stop()
         await self.client.aclose()
+        await self.state.close()
 
     async def _poll(self) -> None:
         while True:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class GatewaySettings(BaseSettings):
     """Limits, timings and where the model servers are."""
 
-    model_config = SettingsConfigDict(env_prefix="TANDEM_GATEWAY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="TANDEM_GATEWAY_", extra="ignore", populate_by_name=True)
 
     servers: dict[str, str] = Field(default_factory=dict, description="Model name -> server base URL.")
     max_body_bytes: int = Field(default=1 << 20, description="Larger request bodies get 413.")
@@ -36,5 +36,17 @@ class GatewaySettings(BaseSettings):
         default=2, ge=1, description="Merged calls in flight per model version: 2 keeps the next batch queued at the server.")
     coalesce_window_ms: float = Field(
         default=2.0, ge=0, description="Under load, how long a merged call waits for the rest of its wave.")
+    state_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("TANDEM_STATE_URL", "TANDEM_GATEWAY_STATE_URL"),
+        description="Shared state for several gateway replicas (redis://host:port/db); unset: in-process.")
+    state_timeout_s: float = Field(
+        default=0.5, gt=0, description="Longest wait for one shared-state call; past it limits fail open.")
+    state_retry_s: float = Field(
+        default=1.0, gt=0, description="After a shared-state failure, how long to skip it before trying again.")
+    idempotency_lease_s: float | None = Field(
+        default=None, gt=0,
+        description="How long an in-flight Idempotency-Key stays claimed if its gateway dies (default: max deadline + 30 s).")
+    tenant_max_in_flight: int | None = Field(
+        default=64, ge=1, description="Requests one tenant may have in flight per gateway, unless its own max_in_flight says.")
     breaker_failures: int = 5
     breaker_reset_s: float = 5.0

@@ -100,18 +100,16 @@ def test_retention_plan_covers_listed_tenants_and_everyone_else():
     assert retention_plan({}, 30, date(2026, 3, 31)) == [(date(2026, 3, 1), "true")]
 
 
-def test_the_tenant_file_is_read_in_either_shape_and_bad_entries_fall_back_to_the_default(tmp_path):
+def test_retention_reads_the_tenant_file_through_the_one_tenant_parser(tmp_path):
+    from models.errors import TenancyError
+
     gateway_format = tmp_path / "a.yaml"
-    gateway_format.write_text("tenants:\n  acme: {retention_days: 7, rate_per_s: 5}\n  demo: {}\n"
-                              "  odd: {retention_days: zero}\n")
-    assert read_tenant_retention(gateway_format) == {"acme": 7}
-    listed = tmp_path / "b.yaml"
-    listed.write_text("- {id: acme, retention_days: 3}\n- {id: beta}\n- nonsense\n")
-    assert read_tenant_retention(listed) == {"acme": 3}
+    gateway_format.write_text("tenants:\n  acme: {retention_days: 7, rate_per_s: 5}\n  demo: {}\n")
+    assert read_tenant_retention(gateway_format) == {"acme": 7, "demo": 30}
     assert read_tenant_retention(tmp_path / "missing.yaml") == {}
     broken = tmp_path / "c.yaml"
-    broken.write_text("tenants: 42\n")
-    with pytest.raises(ValueError, match="expected `tenants:`"):
+    broken.write_text("tenants:\n  acme: {retention_days: zero}\n")
+    with pytest.raises(TenancyError, match="tenant 'acme' is invalid: field 'retention_days'"):
         read_tenant_retention(broken)
 
 

@@ -1,14 +1,29 @@
-"""Token buckets, the per-tenant rate limiter and the daily quota, on fake clocks."""
+"""Token buckets, the per-tenant rate limiter, the daily quota and the in-flight cap: in process on fake
+clocks, and on a real redis-server (started on a free port, stopped by PID)."""
 
 from __future__ import annotations
 
+import asyncio
+import math
+import socket
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from online.gateway.limits import QuotaTracker, RateLimiter, TokenBucket, seconds_to_utc_midnight
+from online.gateway.limits import (
+    InFlight,
+    InProcessLimits,
+    QuotaTracker,
+    RateLimiter,
+    TokenBucket,
+    seconds_to_utc_midnight,
+)
 from online.gateway.problems import QuotaExceeded, RateLimited, problem_response
+from online.gateway.state import open_state
+from tests.redis_support import free_port, start_redis
 
 
 class FakeClock:
@@ -145,3 +160,197 @@ def test_zero_quota_refuses_everything():
     quota = QuotaTracker(clock=FakeClock(0.0))
     with pytest.raises(QuotaExceeded):
         quota.consume(T(daily_quota=0))
+
+
+# --- the shared-state interface: in-process and Redis backends ---------------------------------------
+
+
+@dataclass
+class Tenant:
+    id: str = "acme"
+    rate_per_s: float = 10.0
+    burst: int = 3
+    daily_quota: int | None = None
+    max_in_flight: int | None = None
+
+
+async def test_in_process_admit_takes_a_token_and_counts_the_quota_in_one_call():
+    clock, wall = FakeClock(), FakeClock(1_000_000.0)
+    limits = InProcessLimits(clock, wall)
+    tenant = Tenant(burst=2, daily_quota=3)
+    await limits.admit(tenant)
+    await limits.admit(tenant, quota=False)  # a rate-only call (non-prediction routes)
+    with pytest.raises(RateLimited):
+        await limits.admit(tenant)
+    clock.t += 1
+    await limits.admit(tenant)
+    await limits.admit(tenant)
+    assert await limits.usage(tenant) == (3, 3)
+    clock.t += 1
+    with pytest.raises(QuotaExceeded):
+        await limits.admit(tenant)
+    assert limits.rates.bucket(tenant).tokens == pytest.approx(2.0)  # the refused request took no token
+    wall.t += 86_400
+    await limits.admit(tenant)  # a new UTC day
+
+
+def test_in_flight_caps_each_tenant_separately_and_frees_slots_on_exit():
+    rejected: list[str] = []
+    gate = InFlight(default=2, on_reject=rejected.append)
+    a, b, small = Tenant("a"), Tenant("b"), Tenant("small", max_in_flight=1)
+    with gate.slot(a), gate.slot(a):
+        with pytest.raises(RateLimited) as exc, gate.slot(a):
+            pass
+        assert exc.value.headers["Retry-After"] == "1" and "2 requests in flight" in exc.value.detail
+        with gate.slot(b):  # another tenant is not held back by a's backlog
+            assert gate.count("b") == 1
+        with gate.slot(small), pytest.raises(RateLimited), gate.slot(small):
+            pass
+    assert gate.count("a") == 0 and rejected == ["a", "small"]
+    with pytest.raises(ValueError, match="in-flight cap"):
+        InFlight(default=0)
+    with InFlight(default=None).slot(a):  # no cap
+        pass
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = start_redis(tmp_path_factory.mktemp("redis-limits"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def replicas(redis_server):
+    """Two gateways' shared state on one Redis, emptied first."""
+    import redis.asyncio as aioredis
+
+    admin = aioredis.Redis.from_url(redis_server.url)
+    await admin.flushall()
+    await admin.aclose()
+    states = [open_state(redis_server.url, registry=CollectorRegistry()) for _ in range(2)]
+    yield states
+    for s in states:
+        await s.close()
+
+
+async def test_redis_buckets_are_shared_by_replicas(replicas):
+    a, b = (s.limits for s in replicas)
+    tenant = Tenant(rate_per_s=2.0, burst=4)
+    for limits in (a, b, a, b):
+        await limits.admit(tenant)
+    for limits in (a, b):
+        with pytest.raises(RateLimited) as exc:
+            await limits.admit(tenant)
+        assert 1 <= exc.value.retry_after <= 1 and "2 requests/s" in exc.value.detail
+    await asyncio.sleep(0.55)  # one token back at 2/s, timed by the Redis server's clock
+    await b.admit(tenant)
+    with pytest.raises(RateLimited):
+        await a.admit(tenant)
+
+
+async def test_redis_quota_is_per_utc_day_shared_and_survives_a_restart(replicas, redis_server):
+    a, b = (s.limits for s in replicas)
+    tenant = Tenant(burst=100, daily_quota=3)
+    await a.admit(tenant)
+    await b.admit(tenant)
+    await b.consume_quota(tenant)  # the quota-only call
+    with pytest.raises(QuotaExceeded) as exc:
+        await a.admit(tenant)
+    assert exc.value.limit == 3 and exc.value.headers["Retry-After"] == str(
+        max(1, math.ceil(seconds_to_utc_midnight(time.time()))))
+    restarted = open_state(redis_server.url, registry=CollectorRegistry())  # a gateway restart
+    try:
+        assert await restarted.limits.usage(tenant) == (3, 3)
+        with pytest.raises(QuotaExceeded):
+            await restarted.limits.admit(tenant)
+        ttl = await restarted._client.ttl(f"tandem:{{acme}}:quota:{int(time.time() // 86_400)}")
+        assert 0 < ttl <= seconds_to_utc_midnight(time.time()) + 3600 + 1  # gone an hour after the day ends
+    finally:
+        await restarted.close()
+    other = Tenant(id="beta", burst=100, daily_quota=1)
+    await a.admit(other)  # tenants apart
+
+
+async def test_redis_quota_refusal_takes_no_token_and_a_rate_refusal_counts_no_quota(replicas):
+    limits = replicas[0].limits
+    tenant = Tenant(rate_per_s=0.5, burst=1, daily_quota=5)
+    await limits.admit(tenant)
+    with pytest.raises(RateLimited):
+        await limits.admit(tenant)
+    assert await limits.usage(tenant) == (1, 5)
+    full = Tenant(id="full", rate_per_s=0.5, burst=1, daily_quota=0)
+    with pytest.raises(QuotaExceeded):
+        await limits.admit(full)
+    await limits.admit(full, quota=False)  # the token was still there
+
+
+async def test_redis_quota_can_be_counted_from_a_worker_thread(replicas):
+    import anyio.to_thread
+
+    limits = replicas[0].limits
+    tenant = Tenant(daily_quota=1)
+    await anyio.to_thread.run_sync(limits.consume_quota_blocking, tenant)
+    with pytest.raises(QuotaExceeded):
+        await anyio.to_thread.run_sync(limits.consume_quota_blocking, tenant)
+
+
+async def test_redis_down_limits_fail_open_fast_with_a_metric_and_one_log_line(caplog):
+    registry = CollectorRegistry()
+    closed_port = free_port()
+    state = open_state(f"redis://127.0.0.1:{closed_port}/0", registry=registry, timeout_s=0.3, retry_s=0.2)
+    tenant = Tenant(burst=1, daily_quota=0)
+    try:
+        started = time.monotonic()
+        for _ in range(20):
+            await state.limits.admit(tenant)  # neither the bucket nor the quota of 0 is enforced
+        assert time.monotonic() - started < 2.0
+        assert registry.get_sample_value("tandem_state_fail_open_total") == 20
+        assert registry.get_sample_value("tandem_state_up") == 0
+        assert registry.get_sample_value("tandem_state_errors_total", {"op": "admit"}) >= 1
+        assert caplog.text.count("shared state unreachable") == 1  # rate-limited logging
+    finally:
+        await state.close()
+
+
+async def test_a_redis_that_does_not_answer_is_given_up_on_after_the_timeout():
+    # A listening socket that never replies: the call must not hang past timeout_s.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        state = open_state(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", registry=CollectorRegistry(),
+                           timeout_s=0.3)
+        try:
+            started = time.monotonic()
+            await state.limits.admit(Tenant())
+            assert 0.25 < time.monotonic() - started < 1.5
+        finally:
+            await state.close()
+
+
+def test_the_state_url_must_name_redis():
+    with pytest.raises(ValueError, match="redis://"):
+        open_state("postgres://x")
+    assert open_state(None).backend == "memory"
+
+
+async def test_limits_are_enforced_again_once_redis_is_back(tmp_path, caplog):
+    server = start_redis(tmp_path / "redis")
+    registry = CollectorRegistry()
+    state = open_state(server.url, registry=registry, timeout_s=0.3, retry_s=0.2)
+    tenant = Tenant(rate_per_s=0.1, burst=1)
+    try:
+        await state.limits.admit(tenant)
+        server.stop()
+        await state.limits.admit(tenant)  # over the limit, but Redis is gone: open
+        assert registry.get_sample_value("tandem_state_up") == 0
+        server = start_redis(tmp_path / "redis", port=server.port)  # a fresh, empty Redis
+        await asyncio.sleep(0.25)
+        await state.limits.admit(tenant)
+        with pytest.raises(RateLimited):
+            await state.limits.admit(tenant)
+        assert registry.get_sample_value("tandem_state_up") == 1
+        assert "shared state answers again" in caplog.text
+    finally:
+        await state.close()
+        server.stop()

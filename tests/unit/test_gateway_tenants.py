@@ -1,4 +1,8 @@
-"""Tenant store: keys hashed at rest, authentication, rotation, atomic writes, reload on change."""
+"""Tenant store: keys hashed at rest, authentication, rotation, atomic writes, reload on change.
+
+The file, its parser and the store are `models.tenancy` (errors: TenancyError, UnknownTenantError);
+the gateway adds 401/403 on top (`online.gateway.tenants`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from online.gateway.problems import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from models import tenancy
+from models.errors import TenancyError, UnknownTenantError
+from online.gateway.problems import Forbidden, Unauthorized
 from online.gateway.tenants import Tenant, TenantStore, api_key_from_headers, hash_key
 
 
@@ -70,31 +76,79 @@ def test_authenticate_compares_with_every_stored_hash(path: Path, monkeypatch: p
     store.create("beta")
     store.rotate_key("beta", keep_old=True)
     calls = []
-    import online.gateway.tenants as mod
-
-    real = mod.hmac.compare_digest
-    monkeypatch.setattr(mod.hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
+    real = tenancy.hmac.compare_digest
+    monkeypatch.setattr(tenancy.hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
     store.authenticate(key)  # acme matches first, yet all three hashes are compared
     assert len(calls) == 3
 
 
-def test_duplicate_tenant_is_a_conflict_and_unknown_is_not_found(path: Path):
+def test_duplicate_tenant_is_a_tenancy_error_and_unknown_is_unknown_tenant(path: Path):
     store = TenantStore(path)
     store.create("acme")
-    with pytest.raises(Conflict):
+    with pytest.raises(TenancyError, match="'acme' already exists"):
         store.create("acme")
-    with pytest.raises(NotFound):
+    with pytest.raises(UnknownTenantError, match="'nobody'.*tandem tenants create nobody"):
         store.get("nobody")
 
 
-def test_invalid_tenant_fields_are_rejected_with_the_field_named(path: Path):
+def test_invalid_tenant_fields_are_rejected_with_the_tenant_and_field_named(path: Path):
     store = TenantStore(path)
-    with pytest.raises(InvalidInput, match="scopes") as exc:
+    with pytest.raises(TenancyError, match=r"tenant 'acme' is invalid: field 'scopes\.0'"):
         store.create("acme", scopes={"root"})
-    assert exc.value.errors[0]["field"].startswith("scopes")
-    with pytest.raises(InvalidInput, match="invalid tenant id"):
+    with pytest.raises(TenancyError, match="invalid tenant id"):
         store.create("Bad Id")
+    with pytest.raises(TenancyError, match="field 'pii'"):
+        store.create("acme", pii="shred")
+    with pytest.raises(TenancyError, match="field 'max_in_flight'"):
+        store.create("acme", max_in_flight=0)
     assert not path.exists()
+
+
+def test_a_hand_edited_file_is_refused_naming_the_tenant_and_field(path: Path):
+    path.parent.mkdir(parents=True)
+    path.write_text("tenants:\n  acme: {rate_per_s: 5}\n  beta: {burst: 0}\n")
+    with pytest.raises(TenancyError, match=r"tenant 'beta' is invalid: field 'burst'"):
+        TenantStore(path)
+    path.write_text("tenants:\n  acme: {rate_per_sec: 5}\n")  # a typo is not silently ignored
+    with pytest.raises(TenancyError, match=r"tenant 'acme' is invalid: field 'rate_per_sec'"):
+        TenantStore(path)
+    path.write_text("tenants:\n  acme: {key_hashes: [tdm_plaintext]}\n")
+    with pytest.raises(TenancyError, match="sha256 hex digests"):
+        TenantStore(path)
+    path.write_text("tenants: 42\n")
+    with pytest.raises(TenancyError, match="expected a mapping"):
+        tenancy.load_tenants(path)
+
+
+def test_every_field_round_trips_with_its_documented_default(path: Path):
+    store = TenantStore(path)
+    tenant, _ = store.create("acme")
+    assert (tenant.name, tenant.pii, tenant.max_in_flight, tenant.daily_quota, tenant.retention_days) == (
+        "acme", "redact", None, None, 30)
+    store.create("beta", pii="hash", max_in_flight=4, daily_quota=100, retention_days=7, model_pins={"m": "2"})
+    again = tenancy.load_tenants(path)["beta"]
+    assert (again.pii, again.max_in_flight, again.daily_quota, again.retention_days, again.model_pins) == (
+        "hash", 4, 100, 7, {"m": "2"})
+
+
+def test_update_changes_fields_but_never_keys(path: Path):
+    store = TenantStore(path)
+    _, key = store.create("acme")
+    updated = store.update("acme", rate_per_s=50, daily_quota=None, pii="drop")
+    assert (updated.rate_per_s, updated.pii) == (50, "drop")
+    assert TenantStore(path).authenticate(key).id == "acme"
+    with pytest.raises(TenancyError, match="field 'burst'"):
+        store.update("acme", burst=-1)
+    with pytest.raises(TenancyError, match="keys"):
+        store.update("acme", key_hashes=[])
+    with pytest.raises(UnknownTenantError):
+        store.update("nobody", burst=2)
+
+
+def test_the_gateway_store_hands_out_gateway_tenants_and_the_core_store_core_ones(path: Path):
+    TenantStore(path).create("acme")
+    assert type(TenantStore(path).get("acme")) is Tenant
+    assert type(tenancy.TenantStore(path).get("acme")) is tenancy.Tenant
 
 
 def test_rotate_key_rejects_the_old_key(path: Path):
@@ -149,7 +203,7 @@ def test_a_broken_file_keeps_the_last_good_tenants(path: Path, caplog: pytest.Lo
     assert gateway.reload_if_changed() is False
     assert gateway.authenticate(key).id == "acme"
     assert "keeping the previous tenants" in caplog.text
-    with pytest.raises(ValueError, match="not valid YAML"):
+    with pytest.raises(TenancyError, match="not valid YAML"):
         TenantStore(path)
 
 
@@ -197,7 +251,7 @@ def test_require_workflow_honours_the_wildcard_and_the_list():
     limited.require_workflow("classify")
     with pytest.raises(Forbidden, match="'summarise'"):
         limited.require_workflow("summarise")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not both"):
         Tenant(id="c", workflows=["*", "classify"])
 
 

@@ -60,7 +60,8 @@ async def predict_core(call: Call, name: str, body: PredictRequest) -> Response:
                                        call.deadline_ms)
         return {"predictions": outputs, "metadata": meta}
 
-    return await respond(runtime, call.caller, call.idempotency_key, body, f"predict:{name}", run)
+    return await respond(runtime, call.caller, call.idempotency_key, body, f"predict:{name}", run,
+                         deadline_ms=call.deadline_ms)
 
 
 async def embeddings_core(call: Call, body: EmbeddingsRequest) -> Response:
@@ -86,7 +87,8 @@ async def embeddings_core(call: Call, body: EmbeddingsRequest) -> Response:
         return {"object": "list", "data": data, "model": f"{name}@{report.version}",
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
-    return await respond(runtime, call.caller, call.idempotency_key, body, "embeddings", run)
+    return await respond(runtime, call.caller, call.idempotency_key, body, "embeddings", run,
+                         deadline_ms=call.deadline_ms)
 
 
 async def rerank_core(call: Call, body: RerankRequest) -> Response:
@@ -108,7 +110,8 @@ async def rerank_core(call: Call, body: RerankRequest) -> Response:
         ]
         return {"id": call.caller.request_id, "model": f"{name}@{report.version}", "results": results}
 
-    return await respond(runtime, call.caller, call.idempotency_key, body, "rerank", run)
+    return await respond(runtime, call.caller, call.idempotency_key, body, "rerank", run,
+                         deadline_ms=call.deadline_ms)
 
 
 # The routes below document the API and serve it when the fast path (online.gateway.fastpath) is off;

@@ -40,7 +40,8 @@ async def run_workflow_core(call: Call, name: str, body: RunRequest) -> Response
         output, reports = await runtime.engine.run(spec, payload, ctx)
         return {"output": output, "metadata": metadata(ctx, reports, started)}
 
-    return await respond(runtime, caller, call.idempotency_key, body, f"workflow:{name}", run)
+    return await respond(runtime, caller, call.idempotency_key, body, f"workflow:{name}", run,
+                         deadline_ms=call.deadline_ms)
 
 
 @router.post(
