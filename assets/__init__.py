@@ -3,7 +3,7 @@
     documents            daily inbox files -> Delta `documents`
     batch_predictions    daily workflow scoring, in-process, stable versions
     classifier_training  a new classifier version, registered, not promoted
-    canary_evaluation    canary vs stable (+ blocking check `canary_guardrails`)
+    canary_evaluation    canary vs stable (+ check `canary_guardrails`: the guard decision, WARN on rollback)
     drift_report         daily PSI per model version (+ check `drift_within_thresholds`)
     async_job_results    one dynamic partition per async job
     lake_compaction, prediction_retention   maintenance

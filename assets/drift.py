@@ -22,6 +22,7 @@ from lakehouse import Lake
 NUMERIC = ("input_chars", "input_words", "score", "mean", "std", "top_score")
 CATEGORICAL = ("label",)
 _RANK = {"ok": 0, "warn": 1, "fail": 2}
+_ANSWERED = ["ok", "fallback"]  # calls whose outputs the version really produced
 
 
 class DriftConfig(dg.Config):
@@ -38,7 +39,7 @@ def day_summaries(lake: Lake, model: str, version: str, days: Sequence[date]) ->
     """The parsed output summaries of `model@version`'s successful calls on `days`."""
     if not days:
         return []
-    flt = ((pc.field("model") == model) & (pc.field("version") == version) & (pc.field("status") == "ok")
+    flt = ((pc.field("model") == model) & (pc.field("version") == version) & pc.field("status").isin(_ANSWERED)
            & pc.field("day").isin(list(days)))
     return parse_summaries(lake.read("predictions", filter=flt, columns=["output_summary"])
                            .column("output_summary").to_pylist())
@@ -69,7 +70,7 @@ def status_of(value: float, cfg: DriftConfig) -> str:
 
 def drift_rows(lake: Lake, day: date, cfg: DriftConfig, run_id: str, now: datetime) -> tuple[list[dict], list[str]]:
     """(`drift_metrics` rows for `day`, versions skipped with the reason)."""
-    served = lake.read("predictions", filter=(pc.field("day") == day) & (pc.field("status") == "ok")
+    served = lake.read("predictions", filter=(pc.field("day") == day) & pc.field("status").isin(_ANSWERED)
                        & pc.field("version").is_valid(), columns=["model", "version"]).to_pylist()
     rows, skipped = [], []
     for model, version in sorted({(r["model"], r["version"]) for r in served}):
