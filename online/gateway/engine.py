@@ -30,7 +30,14 @@ import orjson
 from models.workflows import RetryPolicy, StepSpec, WorkflowSpec, assemble_output, step_instances
 from online.gateway.breaker import BreakerBoard
 from online.gateway.cache import PredictionCache, content_hash
-from online.gateway.client import CallTimeout, ModelCallError, ModelClient, RejectedCall, RetryableCallError
+from online.gateway.client import (
+    CallTimeout,
+    EndpointUnreachable,
+    ModelCallError,
+    ModelClient,
+    RejectedCall,
+    RetryableCallError,
+)
 from online.gateway.logsink import PredictionLog
 from online.gateway.metrics import GatewayMetrics
 from online.gateway.problems import (
@@ -100,6 +107,8 @@ class WorkflowEngine:
         *,
         client: ModelClient,
         servers: Callable[[], Mapping[str, str]],
+        replicas: Callable[[], Mapping[str, list[str]]] | None = None,
+        serves: Callable[[str, str], bool] | None = None,
         states: Callable[[], Mapping[str, Any]],
         router: Router,
         versions: Callable[[], Mapping[str, set[str]]] | None = None,
@@ -114,6 +123,9 @@ class WorkflowEngine:
     ):
         self.client = client
         self._servers = servers
+        self._replicas = replicas or (lambda: {m: [u] for m, u in servers().items()})
+        self._serves = serves or (lambda url, version: True)
+        self._outstanding: dict[str, int] = {}  # replica URL -> calls in flight from this gateway
         self._states = states
         self._versions = versions or (dict)
         self.router = router
@@ -288,25 +300,28 @@ class WorkflowEngine:
         return outputs, not missing, attempts
 
     async def _call_with_retries(self, step_id, model, route: Route, instances, ctx, timeout_ms, retry):
-        url = self._servers().get(model)
-        if url is None:
+        if not self._replicas().get(model):
             raise _StepFailed(ServiceUnavailable(
-                f"no model server is deployed for {model!r}; start one with `tandem serve model {model}`"), 0,
+                f"no model server is deployed for {model!r}; start the platform with `tandem up`"), 0,
                 "unavailable")
-        breaker = self.breakers.get(url)
         last: GatewayError | None = None
         last_exc: ModelCallError | None = None
+        failed: set[str] = set()  # replicas that failed this call
         attempt = 0
-        for attempt in range(1, retry.attempts + 1):
+        while attempt < retry.attempts:
+            attempt += 1
             left = self._time_left(ctx)
             if left <= 0:
                 raise _StepFailed(DeadlineExceeded(
                     f"step {step_id!r} ran out of the request deadline ({self._deadline_ms(ctx):.0f} ms)"),
                     attempt - 1, "deadline" if last is None else _error_type(last_exc))
-            if not breaker.allow():
+            picked = self._pick_replica(model, route.version, avoid=failed)
+            if picked is None:
                 raise _StepFailed(ServiceUnavailable(
                     f"the model server for {model!r} is failing (circuit open); retry in a few seconds"),
                     attempt - 1, "circuit_open")
+            url, breaker = picked
+            self._outstanding[url] = self._outstanding.get(url, 0) + 1
             try:
                 reply = await self.client.predict(
                     url, route.version, instances, timeout_s=min(timeout_ms / 1000, left),
@@ -320,16 +335,36 @@ class WorkflowEngine:
                 breaker.record_failure()
                 self._count_error(ctx, step_id, model, route, "retry")
                 last, last_exc = self._unavailable(model, exc), exc
+                failed.add(url)
+                if isinstance(exc, EndpointUnreachable) and self._untried(model, failed):
+                    attempt -= 1  # nothing reached that replica: another one answers at once, at no attempt's cost
+                    continue
                 if attempt < retry.attempts:
                     delay = self._rng() * retry.backoff_before(attempt + 1) / 1000
                     if delay >= self._time_left(ctx):
                         break
                     await self._sleep(delay)
                 continue
+            finally:
+                self._outstanding[url] -= 1
             breaker.record_success()
             return reply.outputs, attempt
         raise _StepFailed(last or ServiceUnavailable(f"model {model!r} failed"), attempt,
                           "unavailable" if last_exc is None else _error_type(last_exc))
+
+    def _untried(self, model: str, failed: set[str]) -> bool:
+        return any(u not in failed for u in self._replicas().get(model) or [])
+
+    def _pick_replica(self, model: str, version: str, avoid: set[str]):
+        """(url, breaker) of the replica to call: one that has `version` loaded, fewest calls in flight,
+        those that failed this call last; None when every replica's breaker is open."""
+        urls = self._replicas().get(model) or []
+        having = [u for u in urls if self._serves(u, version)] or urls
+        for url in sorted(having, key=lambda u: (u in avoid, self._outstanding.get(u, 0))):
+            breaker = self.breakers.get(url)
+            if breaker.allow():
+                return url, breaker
+        return None
 
     def _rejected(self, model: str, version: str, exc: ModelCallError) -> GatewayError:
         if exc.status == 404:
@@ -343,11 +378,13 @@ class WorkflowEngine:
 
     @staticmethod
     def _unavailable(model: str, exc: ModelCallError) -> GatewayError:
+        # Details name the model, never a server's address (they go to external callers).
         if isinstance(exc, CallTimeout):
-            return DeadlineExceeded(f"model {model!r} timed out: {exc}")
+            return DeadlineExceeded(f"model {model!r} did not answer within the step's timeout")
         if exc.status is not None and exc.status < 500 and exc.status != 429:
-            return UpstreamError(f"model {model!r} failed: {exc}")
-        return ServiceUnavailable(f"model {model!r} has no healthy server: {exc}")
+            return UpstreamError(f"model {model!r} failed (its server answered {exc.status})")
+        why = f"its server answered {exc.status}" if exc.status is not None else "its server is unreachable"
+        return ServiceUnavailable(f"model {model!r} has no healthy server ({why}); retry in a few seconds")
 
     def _start_shadow(self, step_id, model, task, version, instances, ctx, timeout_ms) -> None:
         if self._shadow_slots.locked():

@@ -26,21 +26,32 @@ InfoFetcher = Callable[[str], Awaitable[dict[str, Any] | None]]
 class ServedView:
     """Loaded versions per model (from each server's /info) and the effective alias states."""
 
-    def __init__(self, servers: Callable[[], Mapping[str, str]], fetch: InfoFetcher):
-        self._servers = servers
+    def __init__(self, replicas: Callable[[], Mapping[str, list[str]]], fetch: InfoFetcher):
+        self._replicas = replicas
         self._fetch = fetch
-        self.loaded: dict[str, set[str] | None] = {}  # model -> versions its server has loaded; None: unknown
+        self.loaded: dict[str, set[str] | None] = {}  # model -> versions some replica has loaded; None: unknown
+        self.by_url: dict[str, set[str] | None] = {}  # replica URL -> versions it has loaded; None: unknown
         self._serving_stable: dict[str, str] = {}  # model -> the stable last routed to
 
     async def refresh(self) -> None:
-        """Ask every model server what it has loaded (concurrently; a failure means "unknown")."""
-        servers = dict(self._servers())
-        replies = await asyncio.gather(*(self._fetch(url) for url in servers.values()), return_exceptions=True)
-        loaded: dict[str, set[str] | None] = {}
-        for model, reply in zip(servers, replies):
+        """Ask every model server replica what it has loaded (concurrently; a failure means "unknown")."""
+        replicas = {m: list(urls) for m, urls in self._replicas().items()}
+        urls = [u for us in replicas.values() for u in us]
+        replies = await asyncio.gather(*(self._fetch(u) for u in urls), return_exceptions=True)
+        by_url: dict[str, set[str] | None] = {}
+        for url, reply in zip(urls, replies):
             served = reply.get("served") if isinstance(reply, dict) else None
-            loaded[model] = set(served["loaded"]) if isinstance(served, dict) and "loaded" in served else None
-        self.loaded = loaded
+            by_url[url] = set(served["loaded"]) if isinstance(served, dict) and "loaded" in served else None
+        loaded: dict[str, set[str] | None] = {}
+        for model, us in replicas.items():
+            known = [by_url[u] for u in us if by_url.get(u) is not None]
+            loaded[model] = set().union(*known) if known else None
+        self.by_url, self.loaded = by_url, loaded
+
+    def serves(self, url: str, version: str) -> bool:
+        """Whether the replica at `url` has `version` loaded (True while unknown)."""
+        have = self.by_url.get(url)
+        return have is None or version in have
 
     def effective(self, states: Mapping[str, Any]) -> dict[str, Any]:
         """`states` with every alias no server has loaded yet taken out of routing."""

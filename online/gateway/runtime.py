@@ -148,9 +148,9 @@ class Runtime:
                           flush_interval_s=gateway.log_flush_s)
             if gateway.log_enabled else None
         )
-        self.served = ServedView(self.servers, self.client.info)
+        self.served = ServedView(self.servers.replicas, self.client.info)
         self.engine = WorkflowEngine(
-            client=self.client, servers=self.servers, states=lambda: self.states, router=Router(), versions=lambda: self.versions,
+            client=self.client, servers=self.servers, replicas=self.servers.replicas, serves=self.served.serves, states=lambda: self.states, router=Router(), versions=lambda: self.versions,
             cache=self.cache, breakers=self.breakers, log=self.log, metrics=self.metrics,
             shadow_concurrency=gateway.shadow_concurrency,
         )

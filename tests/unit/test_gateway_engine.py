@@ -274,3 +274,49 @@ async def test_a_version_the_server_has_not_loaded_points_at_models_status_not_a
         await make_engine(fake, states=CANARY_ONLY).run(WORKFLOWS["classify"], {"text": "x"}, ctx())
     assert "tandem models status classifier" in caught.value.detail
     assert "not served" in caught.value.detail and "restart" not in caught.value.detail
+
+
+async def test_calls_spread_over_replicas_and_a_dead_replica_is_ejected_while_the_other_serves():
+    fake = FakeServers(delay_s=0.01)
+    replicas = {**{m: [u] for m, u in SERVERS.items()}, "classifier": ["http://classifier", "http://classifier-b"]}
+
+    seen: list[str] = []
+    dead: set[str] = set()
+    original = fake.send
+
+    async def recording_send(base_url, version, inputs, **kw):
+        seen.append(base_url)
+        if base_url in dead:
+            raise EndpointUnreachable(f"{base_url} is unreachable: ConnectionRefusedError")
+        return await original(base_url.replace("-b", ""), version, inputs, **kw)
+
+    fake.send = recording_send
+    engine = make_engine(fake, replicas=lambda: replicas)
+    await asyncio.gather(*(engine.run(WORKFLOWS["classify"], {"text": f"t{i}"}, ctx()) for i in range(8)))
+    assert {"http://classifier", "http://classifier-b"} <= set(seen), "calls were not spread over both replicas"
+
+    dead.add("http://classifier")  # replica a dies; every request still gets an answer from b
+    seen.clear()
+    for i in range(10):
+        output, _ = await engine.run(WORKFLOWS["classify"], {"text": f"u{i}"}, ctx())
+        assert output["label"] == "sports"
+    assert engine.breakers.get("http://classifier").state.name == "OPEN"  # ejected after 3 failures
+    assert seen.count("http://classifier") == 3 and seen[-1] == "http://classifier-b"
+
+
+async def test_a_replica_that_has_not_loaded_the_version_is_not_called_for_it():
+    fake = FakeServers()
+    seen: list[str] = []
+    original = fake.send
+
+    async def recording_send(base_url, version, inputs, **kw):
+        seen.append(base_url)
+        return await original(base_url.replace("-b", ""), version, inputs, **kw)
+
+    fake.send = recording_send
+    replicas = {**{m: [u] for m, u in SERVERS.items()}, "classifier": ["http://classifier", "http://classifier-b"]}
+    engine = make_engine(fake, replicas=lambda: replicas,
+                         serves=lambda url, version: url.endswith("-b"))
+    for i in range(4):
+        await engine.run(WORKFLOWS["classify"], {"text": f"v{i}"}, ctx())
+    assert set(seen) == {"http://classifier-b"}

@@ -12,7 +12,7 @@ def _view(loaded: dict[str, list[str] | None]) -> ServedView:
         versions = loaded[url]
         return None if versions is None else {"served": {"loaded": versions}}
 
-    return ServedView(lambda: {m: m for m in loaded}, fetch)
+    return ServedView(lambda: {m: [m] for m in loaded}, fetch)
 
 
 async def test_a_canary_no_server_has_loaded_gets_no_traffic_until_it_is_loaded():
@@ -50,3 +50,15 @@ async def test_a_server_that_cannot_be_asked_leaves_the_registry_state_as_is():
     await view.refresh()
     state = AliasState("emb", stable="1", canary="2", canary_weight=0.5)
     assert view.effective({"emb": state})["emb"] == state
+
+
+async def test_a_version_counts_as_loaded_when_any_replica_has_it_and_only_those_replicas_get_it():
+    replies = {"a": {"served": {"loaded": ["1", "2"]}}, "b": {"served": {"loaded": ["1"]}}}
+
+    async def fetch(url):
+        return replies[url]
+
+    view = ServedView(lambda: {"emb": ["a", "b"]}, fetch)
+    await view.refresh()
+    assert view.loaded["emb"] == {"1", "2"}
+    assert view.serves("a", "2") and not view.serves("b", "2") and view.serves("b", "1")
