@@ -13,6 +13,7 @@ The canary loop's timing comes from TANDEM_CANARY_* (evaluation every minute, on
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import sqlite3
@@ -165,9 +166,9 @@ def test_a_bad_canary_is_rolled_back_and_a_good_one_promoted_by_the_daemon_as_a_
         timings["canary serving -> rollback decision"] = time.monotonic() - canary_at
         history = _cli(home, "models", "history", "classifier").stdout
         assert "canary guard" in history
-        alerts = _cli(home, "sql", "SELECT kind, model, version FROM alerts WHERE model = 'classifier'",
-                      "--format", "csv").stdout
-        assert "canary,classifier,2" in alerts
+        alerts = json.loads(_cli(home, "sql", "SELECT kind, model, version FROM alerts WHERE model = 'classifier'",
+                                 "--format", "json").stdout)
+        assert {"kind": "canary", "model": "classifier", "version": "2"} in alerts
         time.sleep(3)  # the gateway picks up registry changes within its poll (1 s)
         after = [s for s in _traffic(url, key, 20, start=1000) if s["model"] == "classifier"]
         assert {(s["version"], s["arm"]) for s in after} == {("1", "stable")}
