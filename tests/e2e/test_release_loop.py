@@ -27,7 +27,7 @@ import pytest
 
 from models.settings import TandemSettings
 from tests.integration.conftest import ROOT, base_env
-from tests.reliability.test_supervision import _alive, _children, _free_block
+from tests.reliability.test_supervision import _alive, _children, _free_block, kill_tree
 
 pytestmark = pytest.mark.e2e
 
@@ -75,11 +75,7 @@ class _Up:
         return code
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        for pid in _alive(_children(self.proc.pid)):
-            os.kill(pid, signal.SIGKILL)
+        kill_tree(self.proc)
 
 
 def _state(home: Path, model: str):

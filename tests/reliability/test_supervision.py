@@ -86,6 +86,23 @@ def _free_block(n: int) -> int:
     raise RuntimeError("no block of free ports")
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL `proc` and everything it started (collected first: once it dies, they are re-parented)."""
+    descendants = _children(proc.pid)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for pid in _alive(descendants):
+        try:
+            os.killpg(pid, signal.SIGKILL)  # each child leads its own process group
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     settings = TandemSettings(home=tmp_path)
@@ -153,8 +170,4 @@ def test_kill_9_of_a_model_server_is_healed_by_tandem_up_and_ctrl_c_stops_everyt
         time.sleep(0.5)
         assert not _alive(descendants), f"left running: {[_cmdline(p) for p in _alive(descendants)]}"
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
-        for pid in _alive(_children(up.pid)):
-            os.kill(pid, signal.SIGKILL)
+        kill_tree(up)
