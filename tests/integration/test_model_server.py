@@ -416,7 +416,7 @@ def test_a_version_that_gains_an_alias_is_served_without_a_restart_and_released_
     srv = _Server(spec, tmp, "watching")
     try:
         srv.wait_healthy()
-        served = lambda: httpx.get(f"{srv.url}/info").json()["served"]  # noqa: E731
+        served = lambda: httpx.get(f"{srv.url}/info").json()["served"]
         assert served()["loaded"] == ["1"]
         assert httpx.post(f"{srv.url}/predict", json={"version": "2", "inputs": [{"text": "x"}]}).status_code == 404
 
