@@ -33,9 +33,10 @@ pytestmark = pytest.mark.e2e
 
 LOOP_ENV = {"TANDEM_CANARY_CRON": "* * * * *", "TANDEM_CANARY_LADDER": "0.5", "TANDEM_CANARY_PASSES": "1",
             "TANDEM_CANARY_MIN_REQUESTS": "20", "TANDEM_CANARY_GUARD_INTERVAL_S": "5"}
-WORDS = [*"markets rally after strong quarterly earnings from chip makers and banks".split(),
-         *"the striker scored twice as the home team won the derby final".split(),
-         *"new vaccine trial shows promise against seasonal flu in older adults".split()]
+SENTENCES = ("markets rally after strong quarterly earnings from chip makers and banks",
+             "the striker scored twice as the home team won the derby final",
+             "new vaccine trial shows promise against seasonal flu in older adults")
+WORDS = [w for sentence in SENTENCES for w in sentence.split(" ")]
 
 
 def _cli(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
