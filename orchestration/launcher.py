@@ -177,6 +177,8 @@ def _tenant_pins(settings: TandemSettings, model: str) -> list[str]:
 
 def _require_free(host: str, port: int, what: str) -> None:
     with socket.socket() as s:
+        # As the servers bind: connections of an earlier run in TIME_WAIT do not make a port busy.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
