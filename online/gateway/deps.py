@@ -44,9 +44,18 @@ def _key_from_headers(authorization: str | None, api_key: str | None) -> str | N
     return None
 
 
-def resolve_caller(runtime: Runtime, headers: Mapping[str, str], request_id: str) -> Caller:
-    """The caller of a request from its (lower-case) headers: 401 for a bad key, 429 over the rate limit."""
+CALLER_HEADERS = (b"authorization", b"x-api-key", b"x-routing-key", b"traceparent")
+
+
+def resolve_caller(runtime: Runtime, headers: Mapping[str, str], request_id: str,
+                   state: dict | None = None) -> Caller:
+    """The caller of a request from its (lower-case) headers: 401 for a bad key, 429 over the rate limit.
+
+    `state` (the ASGI scope's) gets the tenant before the rate check, so a 429 is counted as its tenant's.
+    """
     tenant = runtime.tenants.authenticate(_key_from_headers(headers.get("authorization"), headers.get("x-api-key")))
+    if state is not None:
+        state["tenant"] = tenant.id
     runtime.limiter.check(tenant)
     trace_id, parent = parse_traceparent(headers.get("traceparent"))
     return Caller(tenant=tenant, request_id=request_id, trace_id=trace_id, traceparent=parent,
@@ -63,11 +72,15 @@ async def authenticate(
     traceparent: Annotated[str | None, Header()] = None,
 ) -> Caller:
     """Resolve the API key to a tenant and apply its rate limit (429 with Retry-After)."""
+    known = getattr(request.state, "caller", None)
+    if known is not None:  # the edge authenticated it before reading the body
+        return known
     request_id = request.state.request_id if hasattr(request.state, "request_id") else (
         x_request_id or new_id())
     headers = {"authorization": authorization, "x-api-key": x_api_key, "x-routing-key": x_routing_key,
                "traceparent": traceparent}
-    caller = resolve_caller(runtime, {k: v for k, v in headers.items() if v is not None}, request_id)
+    caller = resolve_caller(runtime, {k: v for k, v in headers.items() if v is not None}, request_id,
+                            request.scope.setdefault("state", {}))
     request.state.tenant = caller.tenant.id
     request.state.trace_id = caller.trace_id
     return caller
@@ -113,6 +126,23 @@ async def deadline_ms(
 
 
 DeadlineDep = Annotated[int | None, Depends(deadline_ms)]
-IdempotencyKey = Annotated[
-    str | None, Header(alias="Idempotency-Key", description="Same key + same body within 24 h replays the answer.")
-]
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    """The caller's `Idempotency-Key`: 1-255 printable ASCII characters, else 422."""
+    if value is not None and not (0 < len(value) <= MAX_IDEMPOTENCY_KEY and value.isascii() and value.isprintable()):
+        raise InvalidInput([{"field": "header.Idempotency-Key",
+                             "message": f"must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters, e.g. a UUID"}])
+    return value
+
+
+async def idempotency_key(
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", description="Same key + same body within 24 h replays the answer.")] = None,
+) -> str | None:
+    """The caller's `Idempotency-Key`, checked."""
+    return check_idempotency_key(idempotency_key)
+
+
+IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
