@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from models.settings import TandemSettings
 from online.gateway.bodies import check_content_type, parse_json, read_body, too_large
 from online.gateway.deps import CALLER_HEADERS, resolve_caller
+from online.gateway.docs import install_docs
 from online.gateway.fastpath import FastPath
 from online.gateway.problems import (
     GatewayError,
@@ -208,11 +209,13 @@ def create_app(
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="Tandem gateway", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="Tandem gateway", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.runtime = runtime
     install_problem_handlers(app)
     for module in (workflows, models, jobs, admin, ops):
         app.include_router(module.router)
+    install_docs(app)
     fast_path = FastPath(runtime) if runtime.gateway.fast_path else None
     app.add_middleware(_EdgeMiddleware, runtime_ref=ref, fast_path=fast_path, api=app)
     return app

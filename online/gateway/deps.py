@@ -15,7 +15,7 @@ from fastapi import Depends, Header, Request
 from online.gateway.problems import InvalidInput
 from online.gateway.runtime import Runtime
 from online.gateway.tenants import Tenant
-from online.gateway.tracing import new_id, parse_traceparent
+from online.gateway.tracing import parse_traceparent, request_id_from
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -65,8 +65,9 @@ def resolve_caller(runtime: Runtime, headers: Mapping[str, str], request_id: str
 async def authenticate(
     request: Request,
     runtime: RuntimeDep,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
+    # documented as the OpenAPI security schemes BearerAuth and ApiKeyAuth (see app.py), not as parameters
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
     x_request_id: Annotated[str | None, Header()] = None,
     x_routing_key: Annotated[str | None, Header()] = None,
     traceparent: Annotated[str | None, Header()] = None,
@@ -76,7 +77,7 @@ async def authenticate(
     if known is not None:  # the edge authenticated it before reading the body
         return known
     request_id = request.state.request_id if hasattr(request.state, "request_id") else (
-        x_request_id or new_id())
+        request_id_from(x_request_id.encode("latin-1") if x_request_id else None))
     headers = {"authorization": authorization, "x-api-key": x_api_key, "x-routing-key": x_routing_key,
                "traceparent": traceparent}
     caller = resolve_caller(runtime, {k: v for k, v in headers.items() if v is not None}, request_id,

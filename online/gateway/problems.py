@@ -65,6 +65,7 @@ __all__ = [
     "GatewayError",
     "HeadersTooLarge",
     "InvalidInput",
+    "OPENAI_ROUTES",
     "NotFound",
     "PayloadTooLarge",
     "QuotaExceeded",
@@ -292,6 +293,21 @@ def as_problem(exc: BaseException) -> GatewayError | None:
     return None
 
 
+# The OpenAI-compatible routes also carry OpenAI's error object, so the `openai` client shows the message
+# (a problem document may hold extension members; the client reads `error`).
+OPENAI_ROUTES = frozenset({"/v1/embeddings", "/v1/rerank"})
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                 404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
+                 415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def _openai_error(err: GatewayError, detail: str, errors: list[dict[str, str]] | None) -> dict[str, Any]:
+    param = errors[0]["field"].removeprefix("body.").split(".", 1)[0] if errors else None
+    return {"message": detail, "type": _OPENAI_TYPES.get(err.status, "server_error" if err.status >= 500
+                                                         else "invalid_request_error"),
+            "param": None if param == "body" else param, "code": err.slug.replace("-", "_")}
+
+
 def problem_response(err: GatewayError, instance: str, request_id: str) -> Response:
     """Render `err` as an `application/problem+json` response with its headers."""
     body: dict[str, Any] = {
@@ -306,6 +322,8 @@ def problem_response(err: GatewayError, instance: str, request_id: str) -> Respo
     errors = getattr(err, "errors", None)
     if errors:
         body["errors"] = errors
+    if instance in OPENAI_ROUTES:
+        body["error"] = _openai_error(err, body["detail"], errors)
     headers = {**err.headers, "X-Request-ID": request_id}
     return Response(
         orjson.dumps(body, default=str), status_code=err.status, headers=headers, media_type=PROBLEM_MEDIA_TYPE

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,5 +36,7 @@ class GatewaySettings(BaseSettings):
         default=2, ge=1, description="Merged calls in flight per model version: 2 keeps the next batch queued at the server.")
     coalesce_window_ms: float = Field(
         default=2.0, ge=0, description="Under load, how long a merged call waits for the rest of its wave.")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="When set, GET /metrics needs `Authorization: Bearer <token>` (else 401).")
     breaker_failures: int = 5
     breaker_reset_s: float = 5.0

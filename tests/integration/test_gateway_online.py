@@ -100,6 +100,9 @@ def test_each_shipped_workflow_runs(cluster):
     r = run(cluster, "search", {"query": "q", "documents": ["a", "b", "c"]})
     assert r.status_code == 200, r.text
     assert sorted(x["index"] for x in r.json()["output"]["results"]) == [0, 1, 2]
+    # the documented shape (docs/workflows.md, docs/gateway.md): ranked results, nothing else
+    assert set(r.json()["output"]) == {"results"}
+    assert all(set(x) == {"index", "document", "score"} for x in r.json()["output"]["results"])
     assert [s["step"] for s in r.json()["metadata"]["steps"]] == ["embed_query", "embed_documents", "rerank"]
 
 
