@@ -54,18 +54,18 @@ from lakehouse import errors as lake_errors
 from models import errors as model_errors
 from models.executor import BatchFailedError, JobConflictError
 from online.gateway import client as model_client
-from online.gateway.tracing import new_id, request_id_from
+from online.gateway.tracing import request_id_from
 
 __all__ = [
+    "DOMAIN_ERRORS",
+    "OPENAI_ROUTES",
     "PROBLEM_MEDIA_TYPE",
     "Conflict",
-    "DOMAIN_ERRORS",
     "DeadlineExceeded",
     "Forbidden",
     "GatewayError",
     "HeadersTooLarge",
     "InvalidInput",
-    "OPENAI_ROUTES",
     "NotFound",
     "PayloadTooLarge",
     "QuotaExceeded",
@@ -79,6 +79,7 @@ __all__ = [
     "invalid_input",
     "problem_response",
     "redact_addresses",
+    "redact_step_errors",
     "retry_after_seconds",
     "unhandled_response",
 ]
@@ -279,6 +280,14 @@ _ADDRESS = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+|\b\d{1,3}(?:\.\d{1,3})
 def redact_addresses(text: str) -> str:
     """`text` with URLs and host:port pairs replaced by "the model server" (errors name the model instead)."""
     return _ADDRESS.sub("the model server", text) if ("://" in text or ":" in text) else text
+
+
+def redact_step_errors(meta: dict[str, Any]) -> dict[str, Any]:
+    """Response `metadata` with each step's `error` (a fallback's or a skipped step's reason) redacted."""
+    for step in meta.get("steps", ()):
+        if step.get("error"):
+            step["error"] = redact_addresses(step["error"])
+    return meta
 
 
 def as_problem(exc: BaseException) -> GatewayError | None:

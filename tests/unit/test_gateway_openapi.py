@@ -42,8 +42,8 @@ def test_openapi_declares_bearer_and_api_key_auth_on_every_v1_route(tmp_path):
     assert schemes["BearerAuth"] == {"type": "http", "scheme": "bearer", "description": schemes["BearerAuth"][
         "description"]}
     assert schemes["ApiKeyAuth"]["in"] == "header" and schemes["ApiKeyAuth"]["name"] == "X-API-Key"
-    for path, ops in spec["paths"].items():
-        for method, op in ops.items():
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
             params = {p["name"].lower() for p in op.get("parameters", [])}
             assert not params & {"authorization", "x-api-key"}, f"{method} {path} documents auth as a parameter"
             if path.startswith("/v1/"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import orjson
@@ -10,7 +11,11 @@ from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
+from lakehouse import errors as lake_errors
+from models import errors as model_errors
 from online.gateway.problems import (
+    DOMAIN_ERRORS,
+    OPENAI_ROUTES,
     PROBLEM_MEDIA_TYPE,
     Conflict,
     DeadlineExceeded,
@@ -24,6 +29,7 @@ from online.gateway.problems import (
     ServiceUnavailable,
     Unauthorized,
     UpstreamError,
+    as_problem,
     install_problem_handlers,
     problem_response,
     retry_after_seconds,
@@ -178,13 +184,6 @@ def test_unhandled_error_is_500_logged_and_leaks_nothing(
 
 
 # --- the domain-error table -------------------------------------------------------------------
-
-import inspect  # noqa: E402
-
-from lakehouse import errors as lake_errors  # noqa: E402
-from models import errors as model_errors  # noqa: E402
-from online.gateway.problems import DOMAIN_ERRORS, OPENAI_ROUTES, as_problem, redact_addresses  # noqa: E402
-
 
 def _declared(module) -> list[type[BaseException]]:
     return [c for _, c in inspect.getmembers(module, inspect.isclass)

@@ -22,7 +22,7 @@ from online.gateway.api_models import (
 from online.gateway.deps import Caller, DeadlineDep, IdempotencyKey, PredictCaller, RuntimeDep
 from online.gateway.engine import StepReport
 from online.gateway.execution import Call, metadata, request_context, respond, validate
-from online.gateway.problems import InvalidInput, PayloadTooLarge
+from online.gateway.problems import InvalidInput, PayloadTooLarge, redact_step_errors
 from online.gateway.runtime import Runtime
 
 router = APIRouter(tags=["models"])
@@ -46,7 +46,7 @@ async def _call(runtime: Runtime, caller: Caller, model: str, task: str, instanc
         step_id=model, model=model, task=task, instances=instances, ctx=ctx,
         timeout_ms=int(ctx.budget_ms), retry=RetryPolicy(),
     )
-    return outputs or [], report, metadata(ctx, [report], started)
+    return outputs or [], report, redact_step_errors(metadata(ctx, [report], started))
 
 
 def _split_model(ref: str) -> tuple[str, str | None]:
