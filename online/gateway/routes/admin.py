@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from online.gateway.api_models import AliasBody, CanaryBody, ReasonBody, problem_responses
 from online.gateway.deps import AdminCaller, RuntimeDep
@@ -37,7 +38,8 @@ def show_model(name: str, caller: AdminCaller, runtime: RuntimeDep) -> dict:
 
 
 @router.get("/{name}/history", summary="Alias history of a model")
-def history(name: str, caller: AdminCaller, runtime: RuntimeDep, limit: int = 50) -> dict:
+def history(name: str, caller: AdminCaller, runtime: RuntimeDep,
+            limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict:
     """Registry events, newest first: who moved which alias, when and why."""
     return {"events": [asdict(e) for e in runtime.registry.history(name, limit=limit)]}
 
