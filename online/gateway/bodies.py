@@ -4,10 +4,11 @@ Every route that takes a body takes `application/json` and nothing else (415 oth
 is read at most `limit` bytes far (413 as soon as it passes the limit, nothing more is buffered),
 then checked before anything builds objects from it:
 
-* arrays are counted and nesting measured on the raw bytes (strings skipped by one regex), so a
-  60 MB `POST /v1/jobs` of `{}`s is refused with 413 after counting `max_items` of them, and a
-  body nested 10,000 deep with 422, before a single dict is built;
-* it is parsed with orjson, which refuses invalid UTF-8, `NaN`/`Infinity` and trailing garbage;
+* for `POST /v1/jobs`, arrays are counted on the raw bytes (strings skipped by one regex), so a
+  60 MB body of `{}`s is refused with 413 after counting `max_items` of them, before a single
+  dict is built;
+* it is parsed with orjson, which refuses invalid UTF-8, `NaN`/`Infinity` and trailing garbage
+  (and nesting past 1024 levels); nesting deeper than MAX_DEPTH is then refused with 422;
   strings may not hold NUL (`\\u0000`): text with NUL is never a legitimate model input.
 
 Every refusal is a 422 problem naming the field `body` and what is wrong, the same on both paths.
@@ -72,12 +73,12 @@ def _invalid(message: str) -> InvalidInput:
     return InvalidInput([{"field": "body", "message": message}])
 
 
-def _measure(raw: bytes | bytearray, max_items: int | None) -> None:
-    """422 when nested deeper than MAX_DEPTH; 413 when an array holds more than `max_items` items."""
-    # Cheap first: fewer brackets than the depth limit cannot nest too deep, and no array can
-    # hold more items than the body has commas (+1).
-    brackets = raw.count(b"[") + raw.count(b"{")
-    if brackets <= MAX_DEPTH and (max_items is None or raw.count(b",") < max_items):
+def _count_items(raw: bytes | bytearray, max_items: int) -> None:
+    """413 when an array of the raw body holds more than `max_items` items (422 past MAX_DEPTH on the way).
+
+    Runs on the bytes, before anything is parsed: only bodies with at least `max_items` commas pay
+    for the scan (one regex token per bracket, comma or string)."""
+    if raw.count(b",") < max_items:
         return
     stack: list[list[int]] = []  # one [is_array, commas] per open container
     for m in _TOKENS.finditer(raw):
@@ -92,21 +93,38 @@ def _measure(raw: bytes | bytearray, max_items: int | None) -> None:
         elif c == 0x2C and stack:  # , (strings are skipped: their commas are part of the string token)
             top = stack[-1]
             top[1] += 1
-            if top[0] and max_items is not None and top[1] >= max_items:
+            if top[0] and top[1] >= max_items:
                 raise PayloadTooLarge(
                     f"an array in the body holds more than {max_items} items; one request takes at most "
                     f"{max_items} — split it")
+
+
+def _check_depth(data: Any) -> None:
+    """422 when the parsed body nests deeper than MAX_DEPTH (orjson itself stops at 1024 levels)."""
+    level = [data]
+    for _ in range(MAX_DEPTH):  # one level at a time: a 64-instance body is done after 3
+        nested = []
+        for item in level:
+            values = item.values() if type(item) is dict else item
+            nested += [v for v in values if type(v) is dict or type(v) is list]
+        if not nested:
+            return
+        level = nested
+    raise _invalid(f"JSON nested deeper than {MAX_DEPTH} levels")
 
 
 def parse_json(raw: bytes | bytearray, *, max_items: int | None = None) -> Any:
     """The body as Python objects, or a 422 (413 for too many items) naming what is wrong with it."""
     if not raw.strip():
         raise _invalid("the request body is empty; send a JSON object")
-    _measure(raw, max_items)
+    if max_items is not None:
+        _count_items(raw, max_items)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise _invalid(_describe(raw, exc)) from None
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:  # fewer brackets cannot nest deeper
+        _check_depth(data)
     if not isinstance(data, dict):
         raise _invalid(f"the request body must be a JSON object, not {_JSON_KIND.get(type(data), 'a value')}")
     if b"\\u0000" in raw and _has_nul(data):
@@ -123,7 +141,7 @@ def _describe(raw: bytes | bytearray, exc: orjson.JSONDecodeError) -> str:
     lowered = msg.lower()
     if "utf-8" in lowered or "utf8" in lowered or "surrogate" in lowered:
         return "the request body is not valid UTF-8"
-    if "recursion" in lowered:
+    if "recursion" in lowered or "depth limit" in lowered:
         return f"JSON nested deeper than {MAX_DEPTH} levels"
     if b"\x00" in raw:
         return "the request body contains a NUL byte, which JSON does not allow"
