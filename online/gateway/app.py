@@ -135,7 +135,8 @@ class _EdgeMiddleware:
         throttled or unauthenticated request never has its body read. Returns the replaying receive."""
         state = scope["state"]
         hdrs = {k.decode(): v.decode("latin-1") for k in CALLER_HEADERS if (v := headers.get(k)) is not None}
-        state["caller"] = resolve_caller(runtime, hdrs, request_id, state)
+        caller = state["caller"] = resolve_caller(runtime, hdrs, request_id, state)
+        state["trace_id"] = caller.trace_id
         check_content_type(headers)
         limit = _body_limit(scope, runtime)
         raw = await read_body(receive, limit)
