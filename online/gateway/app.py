@@ -32,8 +32,9 @@ access_log = logging.getLogger("tandem.gateway.access")
 
 DESCRIPTION = """Tandem runs workflows of versioned ML models for many tenants.
 
-Authenticate with `Authorization: Bearer <key>` (or `X-API-Key`). Errors are
-`application/problem+json`. Optional headers: `Idempotency-Key`, `X-Deadline-Ms`,
+Authenticate with `Authorization: Bearer <key>` (or `X-API-Key`). Bodies are
+`application/json` only (else 415). Errors are `application/problem+json`; `/v1/embeddings` and
+`/v1/rerank` errors also carry OpenAI's `error` object. Optional headers: `Idempotency-Key`, `X-Deadline-Ms`,
 `X-Routing-Key` (sticky canary assignment), `traceparent` (W3C trace context).
 """
 

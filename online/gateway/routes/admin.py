@@ -12,7 +12,7 @@ from online.gateway.deps import AdminCaller, RuntimeDep
 from online.gateway.problems import InvalidInput
 from online.gateway.runtime import Runtime
 
-router = APIRouter(prefix="/v1/admin/models", tags=["admin"], responses=problem_responses(401, 403, 404, 409, 422))
+router = APIRouter(prefix="/v1/admin/models", tags=["admin"], responses=problem_responses(401, 403, 404, 409, 413, 415, 422, 429))
 
 
 def _actor(caller: AdminCaller) -> str:

@@ -26,7 +26,7 @@ from online.gateway.problems import InvalidInput, PayloadTooLarge, redact_step_e
 from online.gateway.runtime import Runtime
 
 router = APIRouter(tags=["models"])
-_ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 429, 503, 504)
+_ERRORS = problem_responses(401, 403, 404, 409, 413, 415, 422, 429, 502, 503, 504)
 
 
 def _check_count(runtime: Runtime, n: int) -> None:

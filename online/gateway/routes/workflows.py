@@ -46,7 +46,7 @@ async def run_workflow_core(call: Call, name: str, body: RunRequest) -> Response
 
 @router.post(
     "/{name}/run", response_model=RunResponse, summary="Run a workflow synchronously",
-    responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 503, 504),
+    responses=problem_responses(401, 403, 404, 409, 413, 415, 422, 429, 502, 503, 504),
 )
 async def run_workflow(
     name: str,
