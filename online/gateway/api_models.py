@@ -158,9 +158,12 @@ class Problem(BaseModel):
 
 _PROBLEM_TEXT = {
     401: "Unknown or missing API key", 403: "Missing scope or workflow not allowed",
-    404: "Unknown workflow, model or version", 409: "Idempotency-Key reused with another body",
-    413: "Body or instance count over the limit", 422: "Input does not match the schema (fields named)",
-    429: "Rate limit or daily quota (see Retry-After)", 503: "No healthy model server for a required step",
+    404: "Unknown workflow, model or version",
+    409: "Idempotency-Key reused with another body, or a registry move the registry's state forbids",
+    413: "Body or instance count over the limit", 415: "Body not sent as Content-Type: application/json",
+    422: "Malformed body, or input that does not match the schema (fields named)",
+    429: "Rate limit or daily quota (see Retry-After)", 431: "Headers too large",
+    502: "A model server failed", 503: "No healthy model server for a required step",
     504: "The request deadline passed",
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from contextlib import asynccontextmanager
 
@@ -10,83 +11,153 @@ import orjson
 from fastapi import FastAPI
 
 from models.settings import TandemSettings
+from online.gateway.bodies import check_content_type, parse_json, read_body, too_large
+from online.gateway.deps import CALLER_HEADERS, resolve_caller
+from online.gateway.docs import install_docs
 from online.gateway.fastpath import FastPath
-from online.gateway.problems import PayloadTooLarge, install_problem_handlers, problem_response
+from online.gateway.problems import (
+    GatewayError,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    install_problem_handlers,
+    problem_response,
+)
 from online.gateway.routes import admin, jobs, models, ops, workflows
+from online.gateway.routes.jobs import MAX_JOB_INPUTS
 from online.gateway.runtime import Runtime
 from online.gateway.settings import GatewaySettings
-from online.gateway.tracing import new_id
+from online.gateway.tracing import request_id_from
 
 access_log = logging.getLogger("tandem.gateway.access")
 
 DESCRIPTION = """Tandem runs workflows of versioned ML models for many tenants.
 
-Authenticate with `Authorization: Bearer <key>` (or `X-API-Key`). Errors are
-`application/problem+json`. Optional headers: `Idempotency-Key`, `X-Deadline-Ms`,
+Authenticate with `Authorization: Bearer <key>` (or `X-API-Key`). Bodies are
+`application/json` only (else 415). Errors are `application/problem+json`; `/v1/embeddings` and
+`/v1/rerank` errors also carry OpenAI's `error` object. Optional headers: `Idempotency-Key`, `X-Deadline-Ms`,
 `X-Routing-Key` (sticky canary assignment), `traceparent` (W3C trace context).
 """
 
 
-class _EdgeMiddleware:
-    """Request ids, the body-size limit (413), the fast path, one JSON access-log line and request metrics per call."""
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+MAX_HEADER_BYTES = 8 << 10  # one header value
+MAX_HEADERS_BYTES = 32 << 10  # all of them together
 
-    def __init__(self, app, runtime_ref: dict, fast_path: FastPath | None = None):
+
+class _EdgeMiddleware:
+    """Everything a request meets before a route: a valid request id, header and body limits, auth and
+    the rate check before any body is read, the fast path, one JSON access-log line and request metrics."""
+
+    def __init__(self, app, runtime_ref: dict, fast_path: FastPath | None = None, api: FastAPI | None = None):
         self.app = app
         self.runtime_ref = runtime_ref
         self.fast_path = fast_path
+        self.api = api
+        self._templates: list[tuple[str, re.Pattern, frozenset[str]]] | None = None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         runtime: Runtime = self.runtime_ref["runtime"]
-        limit = runtime.gateway.max_job_body_bytes if scope["path"] == "/v1/jobs" else runtime.gateway.max_body_bytes
         headers = dict(scope["headers"])
-        request_id = (headers.get(b"x-request-id") or b"").decode()[:128] or new_id()
+        request_id = request_id_from(headers.get(b"x-request-id"))
+        rid_header = request_id.encode()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         started = time.perf_counter()
         status = {"code": 500}
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            resp = problem_response(PayloadTooLarge(_too_large(int(length), limit)), scope["path"], request_id)
-            status["code"] = resp.status_code
-            await resp(scope, receive, send)
-            self._record(scope, state, status["code"], started, runtime)
-            return
-
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise PayloadTooLarge(_too_large(seen, limit))
-            return message
 
         async def send_with_id(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                # exactly one x-request-id, ours: a route or problem document may have set it already
+                message["headers"] = [*(h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"),
+                                      (b"x-request-id", rid_header)]
             await send(message)
 
         try:
-            fast = self.fast_path
-            matched = fast.match(scope) if fast is not None else None
-            if matched is not None:
-                await fast.serve(*matched, scope, limited_receive, send_with_id, headers, request_id)
-            else:
-                await self.app(scope, limited_receive, send_with_id)
+            try:
+                fast, route = self._admit(scope, headers, runtime)
+                if fast is not None:
+                    await self.fast_path.serve(*fast, scope, receive, send_with_id, headers, request_id,
+                                               limit=runtime.gateway.max_body_bytes)
+                    return
+                if route is not None:
+                    receive = await self._gate_body(scope, receive, headers, runtime, request_id)
+            except GatewayError as err:
+                resp = problem_response(err, scope["path"], request_id)
+                await resp(scope, receive, send_with_id)
+                return
+            await self.app(scope, receive, send_with_id)
         finally:
             self._record(scope, state, status["code"], started, runtime)
 
-    @staticmethod
-    def _record(scope, state, code, started, runtime: Runtime) -> None:
+    def _admit(self, scope, headers: dict[bytes, bytes], runtime: Runtime):
+        """Header checks; then (fast-path match, None), (None, FastAPI route whose body the edge reads) or
+        (None, None): pass through."""
+        _check_headers(scope["headers"])
+        if scope["method"] not in _BODY_METHODS:
+            return None, None
+        limit = _body_limit(scope, runtime)
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise PayloadTooLarge(too_large(int(length), limit))
+        fast = self.fast_path
+        if fast is not None and (matched := fast.match(scope)) is not None:
+            return matched, None
+        return None, self._body_route(scope)
+
+    def _routes(self) -> list[tuple[str, re.Pattern, frozenset[str]]]:
+        """(template, pattern, methods taking a body) of every documented route, from the OpenAPI document."""
+        if self._templates is None:
+            paths = self.api.openapi()["paths"] if self.api is not None else {}
+            self._templates = [
+                (path, re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(path))),
+                 frozenset(m.upper() for m, op in ops.items() if isinstance(op, dict) and op.get("requestBody")))
+                for path, ops in paths.items()
+            ]
+        return self._templates
+
+    def _template(self, scope) -> tuple[str, frozenset[str]] | None:
+        for path, pattern, body_methods in self._routes():
+            if (m := pattern.fullmatch(scope["path"])) is not None:
+                scope.setdefault("path_params", m.groupdict())
+                return path, body_methods
+        return None
+
+    def _body_route(self, scope):
+        found = self._template(scope)
+        if found is None or scope["method"] not in found[1]:
+            return None
+        return found[0]
+
+    async def _gate_body(self, scope, receive, headers, runtime: Runtime, request_id: str):
+        """Auth and the rate check, then the content type, the bounded read and the JSON check: a
+        throttled or unauthenticated request never has its body read. Returns the replaying receive."""
+        state = scope["state"]
+        hdrs = {k.decode(): v.decode("latin-1") for k in CALLER_HEADERS if (v := headers.get(k)) is not None}
+        caller = state["caller"] = await resolve_caller(runtime, hdrs, request_id, state)
+        state["trace_id"] = caller.trace_id
+        check_content_type(headers)
+        limit = _body_limit(scope, runtime)
+        raw = await read_body(receive, limit)
+        parse_json(raw, max_items=MAX_JOB_INPUTS if scope["path"] == "/v1/jobs" else None)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        return replay
+
+    def _record(self, scope, state, code, started, runtime: Runtime) -> None:
         elapsed = time.perf_counter() - started
-        route = scope.get("route")
-        path = getattr(route, "path", None) or scope["path"]
-        workflow = (scope.get("path_params") or {}).get("name", "") if "workflows" in path else ""
+        path = self._route_label(scope)
+        name = (scope.get("path_params") or {}).get("name", "") if "/workflows/" in path else ""
+        workflow = name if name in runtime.workflows else ("" if not name else "<unknown>")
         tenant = state.get("tenant", "")
         runtime.metrics.requests.labels(tenant, path, workflow, str(code)).inc()
         runtime.metrics.request_latency.labels(path, workflow).observe(elapsed)
@@ -97,9 +168,29 @@ class _EdgeMiddleware:
                 "latency_ms": round(elapsed * 1000, 3),
             }).decode())
 
+    def _route_label(self, scope) -> str:
+        """The route template (bounded), never the raw path: unknown paths all count as `<unmatched>`."""
+        path = getattr(scope.get("route"), "path", None)
+        if path:
+            return path
+        found = self._template(scope)
+        return found[0] if found is not None else "<unmatched>"
 
-def _too_large(size: int, limit: int) -> str:
-    return f"request body is {size} bytes; the limit is {limit} bytes — send fewer instances or use /v1/jobs"
+
+def _body_limit(scope, runtime: Runtime) -> int:
+    return runtime.gateway.max_job_body_bytes if scope["path"] == "/v1/jobs" else runtime.gateway.max_body_bytes
+
+
+def _check_headers(raw_headers) -> None:
+    total = 0
+    for name, value in raw_headers:
+        size = len(name) + len(value)
+        total += size
+        if size > MAX_HEADER_BYTES:
+            raise HeadersTooLarge(f"header {name[:64].decode('latin-1')!r} is {size} bytes; "
+                                  f"the limit is {MAX_HEADER_BYTES} bytes per header")
+    if total > MAX_HEADERS_BYTES:
+        raise HeadersTooLarge(f"the headers are {total} bytes together; the limit is {MAX_HEADERS_BYTES} bytes")
 
 
 def create_app(
@@ -120,11 +211,13 @@ def create_app(
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="Tandem gateway", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="Tandem gateway", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.runtime = runtime
     install_problem_handlers(app)
     for module in (workflows, models, jobs, admin, ops):
         app.include_router(module.router)
+    install_docs(app)
     fast_path = FastPath(runtime) if runtime.gateway.fast_path else None
-    app.add_middleware(_EdgeMiddleware, runtime_ref=ref, fast_path=fast_path)
+    app.add_middleware(_EdgeMiddleware, runtime_ref=ref, fast_path=fast_path, api=app)
     return app

@@ -15,7 +15,7 @@ from fastapi import Depends, Header, Request
 from online.gateway.problems import InvalidInput
 from online.gateway.runtime import Runtime
 from online.gateway.tenants import Tenant
-from online.gateway.tracing import new_id, parse_traceparent
+from online.gateway.tracing import parse_traceparent, request_id_from
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -45,11 +45,19 @@ def _key_from_headers(authorization: str | None, api_key: str | None) -> str | N
     return None
 
 
-async def resolve_caller(runtime: Runtime, headers: Mapping[str, str], request_id: str, *,
-                         quota: bool = False) -> Caller:
+CALLER_HEADERS = (b"authorization", b"x-api-key", b"x-routing-key", b"traceparent")
+
+
+async def resolve_caller(runtime: Runtime, headers: Mapping[str, str], request_id: str,
+                         state: dict | None = None, *, quota: bool = False) -> Caller:
     """The caller of a request from its (lower-case) headers: 401 for a bad key, 429 over the rate limit
-    (or, with `quota`, over the daily quota: both in one shared-state call)."""
+    (or, with `quota`, over the daily quota: both in one shared-state call).
+
+    `state` (the ASGI scope's) gets the tenant before the rate check, so a 429 is counted as its tenant's.
+    """
     tenant = runtime.tenants.authenticate(_key_from_headers(headers.get("authorization"), headers.get("x-api-key")))
+    if state is not None:
+        state["tenant"] = tenant.id
     await runtime.limits.admit(tenant, quota=quota)
     trace_id, parent = parse_traceparent(headers.get("traceparent"))
     return Caller(tenant=tenant, request_id=request_id, trace_id=trace_id, traceparent=parent,
@@ -59,18 +67,23 @@ async def resolve_caller(runtime: Runtime, headers: Mapping[str, str], request_i
 async def authenticate(
     request: Request,
     runtime: RuntimeDep,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
+    # documented as the OpenAPI security schemes BearerAuth and ApiKeyAuth (see app.py), not as parameters
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
     x_request_id: Annotated[str | None, Header()] = None,
     x_routing_key: Annotated[str | None, Header()] = None,
     traceparent: Annotated[str | None, Header()] = None,
 ) -> Caller:
     """Resolve the API key to a tenant and apply its rate limit (429 with Retry-After)."""
+    known = getattr(request.state, "caller", None)
+    if known is not None:  # the edge authenticated it before reading the body
+        return known
     request_id = request.state.request_id if hasattr(request.state, "request_id") else (
-        x_request_id or new_id())
+        request_id_from(x_request_id.encode("latin-1") if x_request_id else None))
     headers = {"authorization": authorization, "x-api-key": x_api_key, "x-routing-key": x_routing_key,
                "traceparent": traceparent}
-    caller = await resolve_caller(runtime, {k: v for k, v in headers.items() if v is not None}, request_id)
+    caller = await resolve_caller(runtime, {k: v for k, v in headers.items() if v is not None}, request_id,
+                                  request.scope.setdefault("state", {}))
     request.state.tenant = caller.tenant.id
     request.state.trace_id = caller.trace_id
     return caller
@@ -116,6 +129,23 @@ async def deadline_ms(
 
 
 DeadlineDep = Annotated[int | None, Depends(deadline_ms)]
-IdempotencyKey = Annotated[
-    str | None, Header(alias="Idempotency-Key", description="Same key + same body within 24 h replays the answer.")
-]
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    """The caller's `Idempotency-Key`: 1-255 printable ASCII characters, else 422."""
+    if value is not None and not (0 < len(value) <= MAX_IDEMPOTENCY_KEY and value.isascii() and value.isprintable()):
+        raise InvalidInput([{"field": "header.Idempotency-Key",
+                             "message": f"must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters, e.g. a UUID"}])
+    return value
+
+
+async def idempotency_key(
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", description="Same key + same body within 24 h replays the answer.")] = None,
+) -> str | None:
+    """The caller's `Idempotency-Key`, checked."""
+    return check_idempotency_key(idempotency_key)
+
+
+IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]

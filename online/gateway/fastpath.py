@@ -21,16 +21,16 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from online.gateway.api_models import EmbeddingsRequest, PredictRequest, RerankRequest, RunRequest
-from online.gateway.deps import parse_deadline, resolve_caller
+from online.gateway.bodies import check_content_type, parse_json, read_body
+from online.gateway.deps import CALLER_HEADERS, check_idempotency_key, parse_deadline, resolve_caller
 from online.gateway.execution import Call
-from online.gateway.problems import GatewayError, invalid_input, problem_response, unhandled_response
+from online.gateway.problems import as_problem, invalid_input, problem_response, unhandled_response
 from online.gateway.routes.models import embeddings_core, predict_core, rerank_core
 from online.gateway.routes.workflows import run_workflow_core
 from online.gateway.runtime import Runtime
 
 __all__ = ["FastPath"]
 
-_HEADERS = (b"authorization", b"x-api-key", b"x-routing-key", b"traceparent")
 
 
 @dataclass(frozen=True)
@@ -67,47 +67,39 @@ class FastPath:
         return None
 
     async def serve(self, route: _Route, params: dict[str, str], scope, receive, send,
-                    headers: Mapping[bytes, bytes], request_id: str) -> None:
+                    headers: Mapping[bytes, bytes], request_id: str, *, limit: int) -> None:
         """Answer one request, errors included (as problem+json, like the FastAPI handlers)."""
         scope["route"], scope["path_params"] = route, params
         try:
-            response = await self._answer(route, params, scope, receive, headers, request_id)
-        except GatewayError as err:
-            response = problem_response(err, scope["path"], request_id)
-        except Exception as exc:  # noqa: BLE001 - logged with its traceback and answered 500, as the FastAPI routes do
-            response = unhandled_response("POST", scope["path"], request_id, exc)
+            response = await self._answer(route, params, scope, receive, headers, request_id, limit)
+        except Exception as exc:  # noqa: BLE001 - an unexpected one is logged with its traceback and answered 500
+            err = as_problem(exc)
+            response = (problem_response(err, scope["path"], request_id) if err is not None
+                        else unhandled_response("POST", scope["path"], request_id, exc))
         await response(scope, receive, send)
 
     async def _answer(self, route: _Route, params: dict[str, str], scope, receive,
-                      headers: Mapping[bytes, bytes], request_id: str) -> Response:
+                      headers: Mapping[bytes, bytes], request_id: str, limit: int) -> Response:
         runtime = self.runtime
-        hdrs = {k.decode(): v.decode("latin-1") for k in _HEADERS if (v := headers.get(k)) is not None}
-        caller = await resolve_caller(runtime, hdrs, request_id, quota=True)  # every route here counts
+        hdrs = {k.decode(): v.decode("latin-1") for k in CALLER_HEADERS if (v := headers.get(k)) is not None}
         state = scope["state"]
-        state["tenant"], state["trace_id"] = caller.tenant.id, caller.trace_id
+        # The rate check (and, in the same shared-state call, the quota: every route here counts) comes
+        # before the body is read.
+        caller = await resolve_caller(runtime, hdrs, request_id, state, quota=True)
+        state["trace_id"] = caller.trace_id
         caller.tenant.require_scope("predict")
         deadline = parse_deadline(runtime, _header(headers, b"x-deadline-ms"))
-        raw = await _read_body(receive)
+        idempotency_key = check_idempotency_key(_header(headers, b"idempotency-key"))
+        check_content_type(headers)
+        data = parse_json(await read_body(receive, limit))
         try:
-            body = route.body.model_validate_json(raw)
+            body = route.body.model_validate(data)
         except ValidationError as exc:
             raise invalid_input(exc.errors(), "body") from None
-        call = Call(runtime, caller, deadline, _header(headers, b"idempotency-key"))
+        call = Call(runtime, caller, deadline, idempotency_key)
         return await route.core(call, *params.values(), body)
 
 
 def _header(headers: Mapping[bytes, bytes], name: bytes) -> str | None:
     value = headers.get(name)
     return None if value is None else value.decode("latin-1")
-
-
-async def _read_body(receive) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)

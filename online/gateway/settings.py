@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,5 +48,7 @@ class GatewaySettings(BaseSettings):
         description="How long an in-flight Idempotency-Key stays claimed if its gateway dies (default: max deadline + 30 s).")
     tenant_max_in_flight: int | None = Field(
         default=64, ge=1, description="Requests one tenant may have in flight per gateway, unless its own max_in_flight says.")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="When set, GET /metrics needs `Authorization: Bearer <token>` (else 401).")
     breaker_failures: int = 5
     breaker_reset_s: float = 5.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -23,6 +24,21 @@ os.register_at_fork(after_in_child=_ids.seed)  # a forked worker must not repeat
 def new_id(bits: int = 128) -> str:
     """A random hex id of `bits` bits (request, trace and span ids)."""
     return format(_ids.getrandbits(bits), f"0{bits // 4}x")
+
+
+MAX_REQUEST_ID = 128
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_REQUEST_ID)  # printable ASCII, no spaces
+
+
+def request_id_from(header: bytes | None) -> str:
+    """The caller's `X-Request-ID` when it is 1-128 printable ASCII characters; otherwise a fresh id.
+
+    A request id is echoed in responses, logs and the prediction log, so anything else (raw bytes,
+    control characters, a megabyte of text) is replaced rather than repeated.
+    """
+    if header and _REQUEST_ID.fullmatch(header):
+        return header.decode("ascii")
+    return new_id()
 
 
 def parse_traceparent(header: str | None) -> tuple[str, str]:

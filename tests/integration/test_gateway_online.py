@@ -100,6 +100,9 @@ def test_each_shipped_workflow_runs(cluster):
     r = run(cluster, "search", {"query": "q", "documents": ["a", "b", "c"]})
     assert r.status_code == 200, r.text
     assert sorted(x["index"] for x in r.json()["output"]["results"]) == [0, 1, 2]
+    # the documented shape (docs/workflows.md, docs/gateway.md): ranked results, nothing else
+    assert set(r.json()["output"]) == {"results"}
+    assert all(set(x) == {"index", "document", "score"} for x in r.json()["output"]["results"])
     assert [s["step"] for s in r.json()["metadata"]["steps"]] == ["embed_query", "embed_documents", "rerank"]
 
 
@@ -405,9 +408,13 @@ def test_the_fast_path_answers_exactly_like_the_fastapi_routes(cluster):
         fast = httpx.post(cluster.url + path, json=body, headers=headers, timeout=30)
         via_fastapi = httpx.post(slow_url + path, json=body, headers=headers, timeout=30)
         assert _shape(fast) == _shape(via_fastapi), (path, body, fast.text, via_fastapi.text)
-    for bad in (b"{not json", b""):
-        fast = httpx.post(cluster.url + "/v1/models/embedder/predict", content=bad, headers=auth)
-        via_fastapi = httpx.post(slow_url + "/v1/models/embedder/predict", content=bad, headers=auth)
-        assert fast.status_code == via_fastapi.status_code == 422, (fast.text, via_fastapi.text)
+    json_auth = {**auth, "Content-Type": "application/json"}
+    for bad, headers, status in ((b"{not json", json_auth, 422), (b"", auth, 422), (b"{NaN}", json_auth, 422),
+                                 (b'{"instances": []}', auth, 415),
+                                 (b'{"instances": []}', {**auth, "Content-Type": "text/plain"}, 415)):
+        fast = httpx.post(cluster.url + "/v1/models/embedder/predict", content=bad, headers=headers)
+        via_fastapi = httpx.post(slow_url + "/v1/models/embedder/predict", content=bad, headers=headers)
+        assert fast.status_code == via_fastapi.status_code == status, (fast.text, via_fastapi.text)
         assert fast.headers["content-type"] == via_fastapi.headers["content-type"] == "application/problem+json"
+        assert fast.json()["detail"] == via_fastapi.json()["detail"]  # the same words on both paths
     slow.stop()

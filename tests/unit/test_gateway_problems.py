@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import orjson
@@ -10,7 +11,11 @@ from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
+from lakehouse import errors as lake_errors
+from models import errors as model_errors
 from online.gateway.problems import (
+    DOMAIN_ERRORS,
+    OPENAI_ROUTES,
     PROBLEM_MEDIA_TYPE,
     Conflict,
     DeadlineExceeded,
@@ -24,6 +29,7 @@ from online.gateway.problems import (
     ServiceUnavailable,
     Unauthorized,
     UpstreamError,
+    as_problem,
     install_problem_handlers,
     problem_response,
     retry_after_seconds,
@@ -175,3 +181,85 @@ def test_unhandled_error_is_500_logged_and_leaks_nothing(
     assert "postgres" not in resp.text and "RuntimeError" not in resp.text
     assert body["request_id"] == "rid-9" and "rid-9" in body["detail"]
     assert any("rid-9" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+# --- the domain-error table -------------------------------------------------------------------
+
+def _declared(module) -> list[type[BaseException]]:
+    return [c for _, c in inspect.getmembers(module, inspect.isclass)
+            if issubclass(c, BaseException) and c.__module__ == module.__name__]
+
+
+@pytest.mark.parametrize("cls", [c for c in _declared(model_errors) + _declared(lake_errors)
+                                 if c not in (model_errors.TandemModelError,)], ids=lambda c: c.__name__)
+def test_every_declared_domain_error_maps_to_a_4xx_or_upstream_status_never_500(cls):
+    err = as_problem(cls("what went wrong"))
+    assert err is not None, f"{cls.__name__} has no entry in DOMAIN_ERRORS"
+    assert err.status != 500 and (400 <= err.status < 500 or err.status in (502, 503, 504))
+    assert err.detail == "what went wrong"
+    resp = problem_response(err, "/v1/admin/models/x", "r")
+    assert resp.media_type == PROBLEM_MEDIA_TYPE and orjson.loads(resp.body)["status"] == err.status
+
+
+@pytest.mark.parametrize(("exc", "status"), [
+    (model_errors.UnknownModelError("no model"), 404),
+    (model_errors.UnknownVersionError("no version"), 404),
+    (model_errors.UnknownTenantError("no tenant"), 404),
+    (model_errors.SchemaHashMismatchError("hash"), 409),
+    (model_errors.InvalidRegistryOperation("rollback"), 409),
+    (model_errors.SchemaError("bad"), 422),
+    (model_errors.WorkflowError("bad"), 422),
+    (model_errors.TenancyError("bad"), 422),
+    (model_errors.DigestMismatchError("sha"), 503),
+    (lake_errors.CommitConflictError("busy"), 503),
+])
+def test_domain_errors_get_the_documented_status(exc, status):
+    assert as_problem(exc).status == status
+
+
+def test_a_subclass_takes_its_nearest_mapped_ancestor_and_the_unexpected_stays_unmapped():
+    class Odd(model_errors.UnknownVersionError):
+        pass
+
+    assert as_problem(Odd("x")).status == 404
+    assert as_problem(RuntimeError("x")) is None
+    assert as_problem(lake_errors.CommitConflictError("x")).headers["Retry-After"] == "1"
+    assert all(issubclass(c, BaseException) for c in DOMAIN_ERRORS)
+
+
+def test_domain_errors_raised_in_a_route_are_answered_by_the_table(client: TestClient):
+    app = client.app
+
+    @app.get("/registry")
+    def registry() -> dict:
+        raise model_errors.UnknownModelError("no model named 'nope'")
+
+    resp = client.get("/registry")
+    assert resp.status_code == 404
+    assert resp.json()["type"] == "urn:tandem:problem:unknown-model"
+
+
+@pytest.mark.parametrize("text", [
+    "model 'embedder' has no healthy server: http://127.0.0.1:40123 is unreachable: ClientConnectorError",
+    "http://10.0.3.7:8080/predict answered 500: boom",
+    "redis://user:pw@cache.internal:6379/0 refused",
+    "10.1.2.3:9000 timed out",
+    "localhost:8123 did not answer",
+])
+def test_details_never_carry_internal_addresses(text):
+    body = orjson.loads(problem_response(ServiceUnavailable(text), "/v1/embeddings", "r").body)
+    for leak in ("127.0.0.1", "10.0.3.7", "cache.internal", "10.1.2.3", "localhost:", "http://", "redis://"):
+        assert leak not in body["detail"] and leak not in body["error"]["message"]
+    assert "the model server" in body["detail"]
+
+
+def test_openai_routes_also_carry_the_openai_error_object():
+    err = InvalidInput([{"field": "body.input", "message": "Field required"}])
+    for route in OPENAI_ROUTES:
+        body = orjson.loads(problem_response(err, route, "r").body)
+        assert body["error"] == {"message": "body.input: Field required", "type": "invalid_request_error",
+                                 "param": "input", "code": "invalid_input"}
+        assert body["status"] == 422  # still a problem document
+    assert "error" not in orjson.loads(problem_response(err, "/v1/models/x/predict", "r").body)
+    assert orjson.loads(problem_response(RateLimited(1), "/v1/embeddings", "r").body)["error"]["type"] == (
+        "rate_limit_error")

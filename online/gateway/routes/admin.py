@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from online.gateway.api_models import AliasBody, CanaryBody, ReasonBody, problem_responses
 from online.gateway.deps import AdminCaller, RuntimeDep
 from online.gateway.problems import InvalidInput
 from online.gateway.runtime import Runtime
 
-router = APIRouter(prefix="/v1/admin/models", tags=["admin"], responses=problem_responses(401, 403, 404, 409, 422))
+router = APIRouter(prefix="/v1/admin/models", tags=["admin"], responses=problem_responses(401, 403, 404, 409, 413, 415, 422, 429))
 
 
 def _actor(caller: AdminCaller) -> str:
@@ -37,7 +38,8 @@ def show_model(name: str, caller: AdminCaller, runtime: RuntimeDep) -> dict:
 
 
 @router.get("/{name}/history", summary="Alias history of a model")
-def history(name: str, caller: AdminCaller, runtime: RuntimeDep, limit: int = 50) -> dict:
+def history(name: str, caller: AdminCaller, runtime: RuntimeDep,
+            limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict:
     """Registry events, newest first: who moved which alias, when and why."""
     return {"events": [asdict(e) for e in runtime.registry.history(name, limit=limit)]}
 

@@ -66,7 +66,7 @@ def _status(job: dict) -> dict:
 
 
 @router.post("", status_code=202, response_model=JobStatus, summary="Submit an async job",
-             responses=problem_responses(401, 403, 404, 409, 413, 422, 429))
+             responses=problem_responses(401, 403, 404, 409, 413, 415, 422, 429))
 def submit(body: JobRequest, caller: JobsCaller, runtime: RuntimeDep, response: Response,
            idempotency_key: IdempotencyKey = None) -> dict:
     """Persist the job and its inputs, answer 202 with its id; a Dagster run does the work."""

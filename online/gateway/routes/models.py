@@ -22,19 +22,23 @@ from online.gateway.api_models import (
 from online.gateway.deps import Caller, DeadlineDep, IdempotencyKey, PredictCaller, RuntimeDep
 from online.gateway.engine import StepReport
 from online.gateway.execution import Call, metadata, request_context, respond, validate
-from online.gateway.problems import InvalidInput, PayloadTooLarge
+from online.gateway.problems import InvalidInput, PayloadTooLarge, redact_step_errors
 from online.gateway.runtime import Runtime
 
 router = APIRouter(tags=["models"])
-_ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 429, 503, 504)
+_ERRORS = problem_responses(401, 403, 404, 409, 413, 415, 422, 429, 502, 503, 504)
+
+
+def _check_count(runtime: Runtime, n: int) -> None:
+    """413 over the per-call cap, before any instance is validated (each validation builds objects)."""
+    if n > runtime.gateway.max_instances:
+        raise PayloadTooLarge(
+            f"{n} instances in one call; send at most {runtime.gateway.max_instances} or submit an async job")
 
 
 async def _call(runtime: Runtime, caller: Caller, model: str, task: str, instances: list[dict],
                 version: str | None, deadline: int | None) -> tuple[list[dict], StepReport, dict]:
-    if len(instances) > runtime.gateway.max_instances:
-        raise PayloadTooLarge(
-            f"{len(instances)} instances in one call; send at most {runtime.gateway.max_instances} "
-            "or submit an async job")
+    _check_count(runtime, len(instances))
     ctx = request_context(runtime, caller, deadline_ms=deadline, spec=None,
                           pins={model: version} if version else None)
     started = time.perf_counter()
@@ -42,7 +46,7 @@ async def _call(runtime: Runtime, caller: Caller, model: str, task: str, instanc
         step_id=model, model=model, task=task, instances=instances, ctx=ctx,
         timeout_ms=int(ctx.budget_ms), retry=RetryPolicy(),
     )
-    return outputs or [], report, metadata(ctx, [report], started)
+    return outputs or [], report, redact_step_errors(metadata(ctx, [report], started))
 
 
 def _split_model(ref: str) -> tuple[str, str | None]:
@@ -53,6 +57,7 @@ def _split_model(ref: str) -> tuple[str, str | None]:
 async def predict_core(call: Call, name: str, body: PredictRequest) -> Response:
     runtime = call.runtime
     task = get_task(runtime.model_task(name))
+    _check_count(runtime, len(body.instances))
     instances = [validate(task.input, inst, f"instances.{i}") for i, inst in enumerate(body.instances)]
 
     async def run() -> dict:
@@ -72,6 +77,7 @@ async def embeddings_core(call: Call, body: EmbeddingsRequest) -> Response:
     texts = [body.input] if isinstance(body.input, str) else body.input
     if not texts:
         raise InvalidInput([{"field": "input", "message": "must hold at least one text"}])
+    _check_count(runtime, len(texts))
     task = get_task("embed")
     instances = [validate(task.input, {"text": t}, f"input.{i}") for i, t in enumerate(texts)]
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response
 from online.gateway.api_models import RunRequest, RunResponse, problem_responses
 from online.gateway.deps import CallerDep, DeadlineDep, IdempotencyKey, PredictCaller, RuntimeDep
 from online.gateway.execution import Call, metadata, request_context, respond, validate
+from online.gateway.problems import redact_step_errors
 
 router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
 
@@ -38,7 +39,7 @@ async def run_workflow_core(call: Call, name: str, body: RunRequest) -> Response
     async def run() -> dict:
         started = time.perf_counter()
         output, reports = await runtime.engine.run(spec, payload, ctx)
-        return {"output": output, "metadata": metadata(ctx, reports, started)}
+        return {"output": output, "metadata": redact_step_errors(metadata(ctx, reports, started))}
 
     return await respond(runtime, caller, call.idempotency_key, body, f"workflow:{name}", run,
                          deadline_ms=call.deadline_ms)
@@ -46,7 +47,7 @@ async def run_workflow_core(call: Call, name: str, body: RunRequest) -> Response
 
 @router.post(
     "/{name}/run", response_model=RunResponse, summary="Run a workflow synchronously",
-    responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 503, 504),
+    responses=problem_responses(401, 403, 404, 409, 413, 415, 422, 429, 502, 503, 504),
 )
 async def run_workflow(
     name: str,
