@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -519,7 +520,17 @@ def up(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    # The command is done and its output written: leave without interpreter teardown, where a native
+    # library's worker threads (seen: "terminate called without an active exception" after
+    # `tandem models status`, 1 run in ~10) could abort the process and turn a success into exit 134.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
