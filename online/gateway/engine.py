@@ -317,9 +317,11 @@ class WorkflowEngine:
                     attempt - 1, "deadline" if last is None else _error_type(last_exc))
             picked = self._pick_replica(model, route.version, avoid=failed)
             if picked is None:
+                wait = min((self.breakers.get(u).retry_after_s() for u in self._replicas().get(model) or []),
+                           default=1.0)
                 raise _StepFailed(ServiceUnavailable(
-                    f"the model server for {model!r} is failing (circuit open); retry in a few seconds"),
-                    attempt - 1, "circuit_open")
+                    f"the model server for {model!r} is failing (circuit open); retry in a few seconds",
+                    retry_after_s=wait), attempt - 1, "circuit_open")
             url, breaker = picked
             self._outstanding[url] = self._outstanding.get(url, 0) + 1
             try:

@@ -228,9 +228,13 @@ class UpstreamError(GatewayError):
 
 
 class ServiceUnavailable(GatewayError):
-    """No healthy model server (circuit open) or nothing to route to."""
+    """No healthy model server (circuit open) or nothing to route to; says when to retry."""
 
     status, title, slug = 503, "Service Unavailable", "service-unavailable"
+
+    def __init__(self, detail: str, *, retry_after_s: float = 1.0, **kwargs: Any):
+        headers = {"Retry-After": str(retry_after_seconds(retry_after_s)), **kwargs.pop("headers", {})}
+        super().__init__(detail, headers=headers, **kwargs)
 
 
 class DeadlineExceeded(GatewayError):
