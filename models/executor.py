@@ -110,7 +110,7 @@ class BatchResult:
 class _Row:
     """Mutable per-row state while the batch runs."""
 
-    __slots__ = ("context", "error", "fallbacks", "skipped", "skip_errors", "versions")
+    __slots__ = ("context", "error", "fallbacks", "skip_errors", "skipped", "versions")
 
     def __init__(self, context: dict[str, Any] | None, error: str | None):
         self.context = context
