@@ -186,3 +186,26 @@ def test_fallback_answers_are_logged_under_the_builtin_not_the_failed_model(clus
                 ("reranker", "rerank", "stable", "error"),
                 ("builtin:cosine_rank", "rerank", "fallback", "fallback")}
     assert _eventually(lambda: expected <= logged(), timeout_s=15), logged()
+
+
+def test_the_shipped_classify_fallback_labels_real_text_well_with_the_real_embedder(tmp_path):
+    """The real MiniLM embedder behind `nearest_label`, classifier gone: a sensible label, not a guess."""
+    from models.corpus import generate_demo_corpus
+    from models.embedder import write_embedder_artifact
+    from models.executor import run_workflow_batch
+    from models.ops import load_op
+    from models.workflows import BUILTIN_WORKFLOWS, load_workflow
+
+    embedder = load_op(write_embedder_artifact(tmp_path / "minilm", quantize=False))
+
+    def resolve(model, version):
+        if model == "classifier":
+            raise ConnectionRefusedError("the classifier is down")
+        return embedder
+
+    rows = generate_demo_corpus(300, seed=7)
+    result = run_workflow_batch(load_workflow(BUILTIN_WORKFLOWS / "classify.yaml"), [{"text": r["text"]} for r in rows],
+                                resolve, {"classifier": "1", "embedder": "1"})
+    assert {r.status for r in result.rows} == {"degraded"}
+    accuracy = sum(r.output["label"] == row["label"] for r, row in zip(result.rows, rows)) / len(rows)
+    assert accuracy >= 0.8, accuracy  # ~0.9 measured; six labels, so chance is ~0.17
