@@ -255,7 +255,8 @@ class WorkflowEngine:
             try:
                 return await self._builtin(step_id, builtin, instances, ctx, timeout_ms, retry, primary)
             except _StepFailed as fb_err:
-                primary = _StepFailed(fb_err.error, primary.attempts + fb_err.attempts, fb_err.error_type)
+                primary = _StepFailed(_both_failed(primary.error, f"builtin:{builtin.builtin}", fb_err.error),
+                                      primary.attempts + fb_err.attempts, fb_err.error_type)
         if fallback is not None and self._time_left(ctx) > 0:
             fb_model, fb_ref = fallback
             try:
@@ -270,7 +271,8 @@ class WorkflowEngine:
                 except _StepFailed as fb_err:
                     self._log_failure(ctx, step_id, fb_model, fb_route.version, "fallback", fb_err, instances,
                                       fb_started)
-                    primary = _StepFailed(fb_err.error, primary.attempts + fb_err.attempts, fb_err.error_type)
+                    primary = _StepFailed(_both_failed(primary.error, f"{fb_model}@{fb_route.version}", fb_err.error),
+                                          primary.attempts + fb_err.attempts, fb_err.error_type)
                 else:
                     report = StepReport(step_id, fb_model, fb_route.version, "fallback", cached=cached,
                                         attempts=primary.attempts + attempts, status="fallback", degraded=True,
@@ -314,9 +316,7 @@ class WorkflowEngine:
         try:
             outputs = [fallbacks.answer(fb.builtin, inst, vecs, prompts) for inst, vecs in zip(instances, per_instance)]
         except SchemaError as exc:
-            raise _StepFailed(ServiceUnavailable(
-                f"step {step_id!r} failed ({primary.error.detail}) and its fallback {name} cannot answer: {exc}"),
-                attempts, "unavailable") from None
+            raise _StepFailed(ServiceUnavailable(f"{name} cannot answer: {exc}"), attempts, "unavailable") from None
         report = StepReport(step_id, name, version, "fallback", cached=cached, attempts=primary.attempts + attempts,
                             status="fallback", degraded=True, error=primary.error.detail)
         self._count_error(ctx, step_id, name, Route(version=version or "", arm="fallback"), "fallback")
@@ -527,6 +527,14 @@ def _error_type(exc: ModelCallError) -> str:
     if exc.status is None or exc.status in (429, 503):
         return "unavailable"
     return "upstream_error"
+
+
+def _both_failed(primary: GatewayError, fallback: str, error: GatewayError) -> GatewayError:
+    """The fallback's error (its status decides), its detail naming the primary's failure first."""
+    if type(error) in (ServiceUnavailable, DeadlineExceeded, UpstreamError):
+        return type(error)(f"{primary.detail}; its fallback {fallback} failed too: {error.detail}",
+                           headers=error.headers, extra=error.extra)
+    return error
 
 
 def _first_gateway_error(group: BaseExceptionGroup) -> GatewayError | None:

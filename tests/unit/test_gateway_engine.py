@@ -442,8 +442,10 @@ async def test_enrich_with_both_servers_down_fails_with_503_and_logs_both():
 async def test_classify_with_classifier_and_embedder_down_fails_and_logs_the_fallback_call():
     fake, log = FakeServers(), RecordingLog()
     fake.down |= {"embedder", "classifier"}
-    with pytest.raises(ServiceUnavailable, match="embedder"):
+    with pytest.raises(ServiceUnavailable) as caught:
         await make_engine(fake, log=log).run(WORKFLOWS["classify"], {"text": "x"}, ctx())
+    assert caught.value.detail.startswith("model 'classifier' has no healthy server")
+    assert "its fallback builtin:nearest_label failed too: model 'embedder' has no healthy server" in caught.value.detail
     assert log.outcomes() == [("classifier", "1", "stable", "error", "unavailable"),
                               ("embedder", "1", "fallback", "error", "unavailable")]
 
@@ -453,3 +455,15 @@ async def test_search_with_embedder_and_reranker_down_fails_saying_cosine_rank_l
     fake.down |= {"embedder", "reranker"}
     with pytest.raises(ServiceUnavailable, match="cosine_rank orders by the upstream embeddings"):
         await make_engine(fake).run(WORKFLOWS["search"], {"query": "q", "documents": ["a"]}, ctx())
+
+
+async def test_when_the_fallback_version_fails_too_the_error_names_both():
+    fake = FakeServers()
+    fake.broken["classifier", "2"] = RetryableCallError("answered 500", status=500)
+    fake.broken["classifier", "1"] = EndpointUnreachable("unreachable")
+    with pytest.raises(ServiceUnavailable) as caught:
+        await make_engine(fake, states=CANARY_ONLY).call_step(
+            step_id="classify", model="classifier", task="classify", instances=[{"text": "a"}], ctx=ctx(),
+            timeout_ms=500, retry=RetryPolicy(attempts=1), fallback=("classifier", "stable"))
+    assert "answered 500" in caught.value.detail
+    assert "its fallback classifier@1 failed too: model 'classifier' has no healthy server" in caught.value.detail
