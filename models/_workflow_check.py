@@ -90,7 +90,8 @@ def _check_fallback(spec: WorkflowSpec, step: StepSpec) -> None:
     where = _where(spec, step)
     if BUILTINS[fb.builtin] != step.task:
         raise WorkflowError(
-            f"{where}: builtin fallback {fb.builtin!r} answers task {BUILTINS[fb.builtin]!r}, not {step.task!r}"
+            f"{where}: builtin fallback {fb.builtin!r} answers task {BUILTINS[fb.builtin]!r}, "
+            f"not {step.task!r}"
         )
     if fb.builtin == "cosine_rank":
         missing = [k for k in ("query_embedding", "document_embeddings") if k not in step.refs]

@@ -295,7 +295,8 @@ class _Runner:
             if bad:
                 results.append((None, f"{label}: {bad[0]}"))
             else:
-                results.append(_answer(label, fb.builtin, inst, [out["embedding"] for out, _ in mine], prompt_vectors))
+                vectors = [out["embedding"] for out, _ in mine]
+                results.append(_answer(label, fb.builtin, inst, vectors, prompt_vectors))
         return label, results
 
     def _predict(self, step: StepSpec, model: str, version: str, inputs: list[BaseModel]):
@@ -335,7 +336,8 @@ class _Runner:
         return self._call(op, chunk[:mid], 1, step) + self._call(op, chunk[mid:], 1, step)
 
 
-def _answer(label: str, builtin: str, instance: dict, vectors=(), prompts=None) -> tuple[dict | None, str | None]:
+def _answer(label: str, builtin: str, instance: dict, vectors=(), prompts=None):
+    """(the built-in's output, None) or (None, why it cannot answer) for one instance."""
     try:
         return fallbacks.answer(builtin, instance, vectors, prompts), None
     except SchemaError as exc:

@@ -80,7 +80,8 @@ def cosine_rank(instance: Mapping[str, Any]) -> dict[str, Any]:
     documents = instance["documents"]
     q, docs = instance.get("query_embedding"), instance.get("document_embeddings")
     if q is None or docs is None:
-        missing = " and ".join(k for k, v in (("query_embedding", q), ("document_embeddings", docs)) if v is None)
+        pairs = (("query_embedding", q), ("document_embeddings", docs))
+        missing = " and ".join(k for k, v in pairs if v is None)
         raise SchemaError(f"cosine_rank orders by the upstream embeddings, but {missing} is missing "
                           "(the step that computes it was skipped)")
     if len(docs) != len(documents):

@@ -296,7 +296,8 @@ class WorkflowSpec(_Spec):
                     raise WorkflowError(f"{where}: {role} {model!r} is not registered")
                 if model_tasks[model] != task:
                     raise WorkflowError(
-                        f"{where}: {role} {model!r} serves task {model_tasks[model]!r}, but the step needs {task!r}"
+                        f"{where}: {role} {model!r} serves task {model_tasks[model]!r}, "
+                        f"but the step needs {task!r}"
                     )
 
     def _step_ids(self) -> str:

@@ -271,8 +271,8 @@ class WorkflowEngine:
                 except _StepFailed as fb_err:
                     self._log_failure(ctx, step_id, fb_model, fb_route.version, "fallback", fb_err, instances,
                                       fb_started)
-                    primary = _StepFailed(_both_failed(primary.error, f"{fb_model}@{fb_route.version}", fb_err.error),
-                                          primary.attempts + fb_err.attempts, fb_err.error_type)
+                    both = _both_failed(primary.error, f"{fb_model}@{fb_route.version}", fb_err.error)
+                    primary = _StepFailed(both, primary.attempts + fb_err.attempts, fb_err.error_type)
                 else:
                     report = StepReport(step_id, fb_model, fb_route.version, "fallback", cached=cached,
                                         attempts=primary.attempts + attempts, status="fallback", degraded=True,
@@ -314,11 +314,14 @@ class WorkflowEngine:
                 cursor += len(ts)
             version = f"{fb.model}@{route.version}"
         try:
-            outputs = [fallbacks.answer(fb.builtin, inst, vecs, prompts) for inst, vecs in zip(instances, per_instance)]
+            outputs = [fallbacks.answer(fb.builtin, inst, vecs, prompts)
+                       for inst, vecs in zip(instances, per_instance)]
         except SchemaError as exc:
-            raise _StepFailed(ServiceUnavailable(f"{name} cannot answer: {exc}"), attempts, "unavailable") from None
-        report = StepReport(step_id, name, version, "fallback", cached=cached, attempts=primary.attempts + attempts,
-                            status="fallback", degraded=True, error=primary.error.detail)
+            raise _StepFailed(ServiceUnavailable(f"{name} cannot answer: {exc}"), attempts,
+                              "unavailable") from None
+        report = StepReport(step_id, name, version, "fallback", cached=cached,
+                            attempts=primary.attempts + attempts, status="fallback", degraded=True,
+                            error=primary.error.detail)
         self._count_error(ctx, step_id, name, Route(version=version or "", arm="fallback"), "fallback")
         return outputs, report
 

@@ -204,8 +204,9 @@ def test_the_shipped_classify_fallback_labels_real_text_well_with_the_real_embed
         return embedder
 
     rows = generate_demo_corpus(300, seed=7)
-    result = run_workflow_batch(load_workflow(BUILTIN_WORKFLOWS / "classify.yaml"), [{"text": r["text"]} for r in rows],
-                                resolve, {"classifier": "1", "embedder": "1"})
+    spec = load_workflow(BUILTIN_WORKFLOWS / "classify.yaml")
+    result = run_workflow_batch(spec, [{"text": r["text"]} for r in rows], resolve,
+                                {"classifier": "1", "embedder": "1"})
     assert {r.status for r in result.rows} == {"degraded"}
     accuracy = sum(r.output["label"] == row["label"] for r, row in zip(result.rows, rows)) / len(rows)
     assert accuracy >= 0.8, accuracy  # ~0.9 measured; six labels, so chance is ~0.17

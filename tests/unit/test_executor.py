@@ -194,7 +194,8 @@ def test_classify_with_the_classifier_down_answers_the_nearest_label_from_the_em
         assert r.output["label"] in labels and set(r.output["scores"]) == labels
         assert r.output["score"] == max(r.output["scores"].values())
         assert math.isclose(sum(r.output["scores"].values()), 1.0)
-        assert r.fallbacks == ("classify",) and r.model_versions == {"classify": "builtin:nearest_label@embedder@1"}
+        assert r.fallbacks == ("classify",)
+        assert r.model_versions == {"classify": "builtin:nearest_label@embedder@1"}
     # One batch of label prompts and texts together: prompts are embedded once, not per row.
     assert ops[("embedder", "1")].batches == [4, 4, 3]  # 6 prompts + 5 texts in batches of 4
 
@@ -218,7 +219,8 @@ def test_classify_with_classifier_and_embedder_down_fails_its_rows_naming_both()
     def resolve(m, v):
         raise ConnectionRefusedError(f"{m} is down")
 
-    with pytest.raises(BatchFailedError, match=r"classifier@1: .*classifier is down.*builtin:nearest_label.*embedder"):
+    both = r"classifier@1: .*classifier is down.*builtin:nearest_label.*embedder"
+    with pytest.raises(BatchFailedError, match=both):
         run_workflow_batch(CLASSIFY, texts(2), resolve, VERSIONS)
 
 
@@ -258,7 +260,8 @@ def test_search_with_the_embedder_down_still_reranks_embedding_itself(ops):
 
 
 def test_search_with_the_reranker_down_orders_by_cosine_similarity_of_the_embeddings(ops):
-    rows = [{"query": "q0", "documents": ["a", "b", "c", "d"]}, {"query": "q1", "documents": ["e", "f"], "top_n": 1}]
+    rows = [{"query": "q0", "documents": ["a", "b", "c", "d"]},
+            {"query": "q1", "documents": ["e", "f"], "top_n": 1}]
     healthy = run_workflow_batch(SEARCH, rows, lambda m, v: ops[(m, v)], VERSIONS)
     result = run_workflow_batch(SEARCH, rows, down(ops, "reranker"), VERSIONS)
 
@@ -279,7 +282,8 @@ def test_cosine_rank_cannot_answer_without_embeddings_and_says_why(ops):
             raise ConnectionRefusedError(f"{m} is down")
         return ops[(m, v)]
 
-    with pytest.raises(BatchFailedError, match="builtin:cosine_rank: cosine_rank orders by the upstream embeddings"):
+    why = "builtin:cosine_rank: cosine_rank orders by the upstream embeddings"
+    with pytest.raises(BatchFailedError, match=why):
         run_workflow_batch(SEARCH, [{"query": "q", "documents": ["a"]}], resolve, VERSIONS)
 
 

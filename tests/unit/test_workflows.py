@@ -339,19 +339,22 @@ def test_builtin_fallbacks_parse_and_models_include_the_embed_model_they_call():
     classify = parse_workflow({
         "name": "c", "version": 1, "input": {"text": "str"},
         "steps": [{"id": "classify", "model": "classifier", "task": "classify", "inputs": {"text": "$input.text"},
-                   "fallback": {"builtin": "nearest_label", "model": "embedder", "labels": {"a": "about a", "b": "b"}}}],
+                   "fallback": {"builtin": "nearest_label", "model": "embedder",
+                                "labels": {"a": "about a", "b": "b"}}}],
         "output": {"label": "$classify.label"},
     })
     assert classify.models() == {"classifier", "embedder"}
     classify.check_models({"classifier": "classify", "embedder": "embed"})
-    with pytest.raises(WorkflowError, match="fallback model 'embedder' serves task 'classify', but the step needs 'embed'"):
+    wrong = "fallback model 'embedder' serves task 'classify', but the step needs 'embed'"
+    with pytest.raises(WorkflowError, match=wrong):
         classify.check_models({"classifier": "classify", "embedder": "classify"})
 
 
 @pytest.mark.parametrize(("fallback", "words"), [
     ({"builtin": "nearest_rank"}, ["fallback.builtin", "cosine_rank", "nearest_label"]),
     ({"builtin": "cosine_rank", "model": "reranker"}, ["cosine_rank takes no model"]),
-    ({"builtin": "nearest_label", "model": "embedder", "labels": ["a", "b"]}, ["answers task 'classify', not 'rerank'"]),
+    ({"builtin": "nearest_label", "model": "embedder", "labels": ["a", "b"]},
+     ["answers task 'classify', not 'rerank'"]),
     ({"model": "cheap_reranker", "labels": ["a", "b"]}, ["labels only apply to builtin: nearest_label"]),
 ])
 def test_bad_builtin_fallbacks_are_refused_at_load_time_naming_the_step(fallback, words):
