@@ -317,8 +317,7 @@ class WorkflowEngine:
             outputs = [fallbacks.answer(fb.builtin, inst, vecs, prompts)
                        for inst, vecs in zip(instances, per_instance)]
         except SchemaError as exc:
-            raise _StepFailed(ServiceUnavailable(f"{name} cannot answer: {exc}"), attempts,
-                              "unavailable") from None
+            raise _StepFailed(ServiceUnavailable(str(exc)), attempts, "unavailable") from None
         report = StepReport(step_id, name, version, "fallback", cached=cached,
                             attempts=primary.attempts + attempts, status="fallback", degraded=True,
                             error=primary.error.detail)
