@@ -14,6 +14,7 @@ from pydantic.fields import FieldInfo
 
 from models._workflow_refs import RESERVED, Ref, accepts, list_item, non_none, parse_ref, type_name
 from models.errors import WorkflowError
+from models.fallbacks import BUILTINS
 from models.schemas import TASKS
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ def _check_step(spec: WorkflowSpec, step: StepSpec) -> None:
             raise WorkflowError(
                 f"{where}: for_each over a non-list: {ref.raw} is {type_name(list_type)}, not a list"
             )
+    _check_fallback(spec, step)
     for key, value in step.inputs.items():
         target = fields[key]
         ref = step.refs.get(key)
@@ -78,6 +80,25 @@ def _check_step(spec: WorkflowSpec, step: StepSpec) -> None:
             raise WorkflowError(
                 f"{where}: input {key!r} is required by task {step.task!r} but {ref.raw} is an optional "
                 "request field; make the field required"
+            )
+
+
+def _check_fallback(spec: WorkflowSpec, step: StepSpec) -> None:
+    fb = step.fallback
+    if fb is None or fb.builtin is None:
+        return
+    where = _where(spec, step)
+    if BUILTINS[fb.builtin] != step.task:
+        raise WorkflowError(
+            f"{where}: builtin fallback {fb.builtin!r} answers task {BUILTINS[fb.builtin]!r}, "
+            f"not {step.task!r}"
+        )
+    if fb.builtin == "cosine_rank":
+        missing = [k for k in ("query_embedding", "document_embeddings") if k not in step.refs]
+        if missing:
+            raise WorkflowError(
+                f"{where}: builtin fallback 'cosine_rank' orders by the upstream embeddings; give the step "
+                f"a {missing[0]!r} input from an embed step (e.g. $embed_query.embedding)"
             )
 
 

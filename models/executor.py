@@ -11,9 +11,11 @@ scatters the outputs back to their rows::
 
 Failures stay with the rows they belong to. A batch that raises is retried (the step's retry
 policy), then split in halves until the failing instances are isolated; what still fails goes to
-the step's fallback, then an optional step is skipped (row `degraded`) and a required step fails
-the row (`error` with the message). Nothing is dropped: every input row gets a `RowResult`, and
-when every row fails the whole call raises `BatchFailedError`.
+the step's fallback (another version or model, or a built-in of `models.fallbacks`; the row is
+then `degraded`, as online), then an optional step is skipped (row `degraded`) and a required
+step fails the row (`error` with the message). A row whose every step was skipped has no answer
+and is an `error`. Nothing is dropped: every input row gets a `RowResult`, and when every row
+fails the whole call raises `BatchFailedError`.
 
 The second half of the module keeps async jobs in Delta (`jobs`, `job_inputs`, `job_results`):
 the gateway calls `submit_job`, `get_job` and `job_results_page`; the Dagster job asset calls
@@ -38,8 +40,10 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ValidationError
 
 from lakehouse.sql import sql_literal
-from models.errors import TandemModelError, WorkflowError
+from models import fallbacks
+from models.errors import SchemaError, TandemModelError, WorkflowError
 from models.ops import ModelOp, check_outputs
+from models.schemas import EmbedIn
 from models.workflows import StepSpec, WorkflowSpec, assemble_output, step_instances
 
 __all__ = [
@@ -75,13 +79,15 @@ class JobConflictError(TandemModelError):
 
 @dataclass(frozen=True)
 class RowResult:
-    """One input row's outcome: `ok`, `degraded` (an optional step was skipped) or `error`."""
+    """One input row's outcome: `ok`, `degraded` (an optional step was skipped or a fallback
+    answered) or `error`."""
 
     output: dict[str, Any] | None
     error: str | None = None
     status: str = "ok"
     model_versions: dict[str, str] = field(default_factory=dict)  # step id -> "model@version"
     skipped: tuple[str, ...] = ()
+    fallbacks: tuple[str, ...] = ()  # steps a fallback answered
 
 
 @dataclass(frozen=True)
@@ -104,12 +110,14 @@ class BatchResult:
 class _Row:
     """Mutable per-row state while the batch runs."""
 
-    __slots__ = ("context", "error", "skipped", "versions")
+    __slots__ = ("context", "error", "fallbacks", "skip_errors", "skipped", "versions")
 
     def __init__(self, context: dict[str, Any] | None, error: str | None):
         self.context = context
         self.error = error
         self.skipped: list[str] = []
+        self.skip_errors: list[str] = []
+        self.fallbacks: list[str] = []
         self.versions: dict[str, str] = {}
 
 
@@ -173,11 +181,14 @@ class _Runner:
         return _Row({"input": payload}, None)
 
     def finish_row(self, row: _Row) -> RowResult:
+        if row.error is None and len(row.skipped) == len(self.spec.steps):
+            row.error = f"no answer: every step failed ({'; '.join(row.skip_errors)})"
         if row.error is not None:
-            return RowResult(None, row.error, "error", dict(row.versions), tuple(row.skipped))
+            return RowResult(None, row.error, "error", dict(row.versions), tuple(row.skipped),
+                             tuple(row.fallbacks))
         output = assemble_output(self.spec, row.context)
-        status = "degraded" if row.skipped else "ok"
-        return RowResult(output, None, status, dict(row.versions), tuple(row.skipped))
+        status = "degraded" if row.skipped or row.fallbacks else "ok"
+        return RowResult(output, None, status, dict(row.versions), tuple(row.skipped), tuple(row.fallbacks))
 
     def run_step(self, step: StepSpec, rows: list[_Row]) -> None:
         # (row, instance position, validated input) for every instance of every live row.
@@ -203,7 +214,7 @@ class _Runner:
         pending = items
         model, version = step.model, self.versions[step.model]
         targets = [(model, version)]
-        if step.fallback is not None:
+        if step.fallback is not None and step.fallback.builtin is None:
             fb_model = step.fallback.model or step.model
             fb_version = step.fallback.version or self.versions.get(fb_model)
             if fb_version is not None and (fb_model, fb_version) != (model, version):
@@ -218,8 +229,23 @@ class _Runner:
                 if err is None:
                     outputs[(i, k)] = out
                     rows[i].versions.setdefault(step.id, f"{t_model}@{t_version}")
+                    if (t_model, t_version) != (model, version) and step.id not in rows[i].fallbacks:
+                        rows[i].fallbacks.append(step.id)
                 else:
-                    errors[(i, k)] = f"{t_model}@{t_version}: {err}"
+                    errors[(i, k)] = _join(errors.get((i, k)), f"{t_model}@{t_version}: {err}")
+                    still.append((i, k, inp))
+            pending = still
+        if pending and step.fallback is not None and step.fallback.builtin is not None:
+            label, got = self._builtin(step, [inp for _, _, inp in pending])
+            still = []
+            for (i, k, inp), (out, err) in zip(pending, got):
+                if err is None:
+                    outputs[(i, k)] = out
+                    rows[i].versions.setdefault(step.id, label)
+                    if step.id not in rows[i].fallbacks:
+                        rows[i].fallbacks.append(step.id)
+                else:
+                    errors[(i, k)] = _join(errors.get((i, k)), f"fallback {err}")
                     still.append((i, k, inp))
             pending = still
         for i, _k, _ in pending:
@@ -230,14 +256,48 @@ class _Runner:
                 continue
             if i in failures:
                 row.versions.pop(step.id, None)
+                if step.id in row.fallbacks:  # some of its instances had a fallback answer, not all
+                    row.fallbacks.remove(step.id)
                 if step.optional:
                     row.context[step.id] = None
                     row.skipped.append(step.id)
+                    row.skip_errors.append(f"{step.id}: {failures[i]}")
                 else:
                     row.error = f"step {step.id!r} failed: {failures[i]}"
                 continue
             outs = [outputs[(i, k)] for k in range(counts[i])]
             row.context[step.id] = outs if step.for_each else outs[0]
+
+    def _builtin(self, step: StepSpec, inputs: list[BaseModel]):
+        """A built-in fallback's answers: ("model@version" label, [(output, None) or (None, error)])."""
+        fb = step.fallback
+        name = f"builtin:{fb.builtin}"
+        instances = [inp.model_dump() for inp in inputs]
+        if fb.model is None:
+            return name, [_answer(name, fb.builtin, inst) for inst in instances]
+        version = fb.version or self.versions.get(fb.model)
+        if version is None:
+            return name, [(None, f"{name}: no version of {fb.model!r} to embed with")] * len(inputs)
+        label = f"{name}@{fb.model}@{version}"
+        prompts = fallbacks.label_prompts(fb.labels or [])
+        wanted = [fallbacks.texts_to_embed(fb.builtin, inst) for inst in instances]
+        texts = [*prompts.values(), *(t for ts in wanted for t in ts)]
+        got = self._predict(step, fb.model, version, [EmbedIn(text=t) for t in texts])
+        prompt_errors = [err for _, err in got[: len(prompts)] if err is not None]
+        if prompt_errors:
+            return label, [(None, f"{label}: {prompt_errors[0]}")] * len(inputs)
+        prompt_vectors = {lab: out["embedding"] for lab, (out, _) in zip(prompts, got)}
+        results, cursor = [], len(prompts)
+        for inst, ts in zip(instances, wanted):
+            mine = got[cursor : cursor + len(ts)]
+            cursor += len(ts)
+            bad = [err for _, err in mine if err is not None]
+            if bad:
+                results.append((None, f"{label}: {bad[0]}"))
+            else:
+                vectors = [out["embedding"] for out, _ in mine]
+                results.append(_answer(label, fb.builtin, inst, vectors, prompt_vectors))
+        return label, results
 
     def _predict(self, step: StepSpec, model: str, version: str, inputs: list[BaseModel]):
         """(output dict, None) or (None, error message) per input, in order."""
@@ -274,6 +334,18 @@ class _Runner:
         # Split to isolate the inputs that fail from those that merely shared their batch.
         mid = len(chunk) // 2
         return self._call(op, chunk[:mid], 1, step) + self._call(op, chunk[mid:], 1, step)
+
+
+def _answer(label: str, builtin: str, instance: dict, vectors=(), prompts=None):
+    """(the built-in's output, None) or (None, why it cannot answer) for one instance."""
+    try:
+        return fallbacks.answer(builtin, instance, vectors, prompts), None
+    except SchemaError as exc:
+        return None, f"{label}: {exc}"
+
+
+def _join(first: str | None, then: str) -> str:
+    return then if first is None else f"{first}; then {then}"
 
 
 def _lengths(op: ModelOp, inputs: list[BaseModel]) -> list[int]:

@@ -51,6 +51,7 @@ from models._workflow_refs import (
 )
 from models._workflow_run import assemble_output, step_instances
 from models.errors import WorkflowError
+from models.fallbacks import EMBED_MODEL_TASK
 from models.schemas import TASKS, Task
 
 __all__ = [
@@ -117,10 +118,18 @@ class RetryPolicy(_Spec):
 
 
 class Fallback(_Spec):
-    """What to call when a step's attempts are exhausted: another version and/or model (same task)."""
+    """What answers when a step's attempts are exhausted.
+
+    Either another version and/or model of the same task (`model`, `version`), or a built-in that
+    needs no server of the step's model (`builtin`, see `models.fallbacks`): `cosine_rank` (rerank)
+    calls nothing; `nearest_label` (classify) calls the embed model `model` (version `version`,
+    default its stable one) and chooses among `labels` (a list, or label -> the text embedded for it).
+    """
 
     model: str | None = None
     version: str | None = None
+    builtin: Literal["cosine_rank", "nearest_label"] | None = None
+    labels: list[str] | dict[str, str] | None = None
 
     @field_validator("version", mode="before")
     @classmethod
@@ -129,9 +138,34 @@ class Fallback(_Spec):
 
     @model_validator(mode="after")
     def _something_to_fall_back_to(self) -> Fallback:
-        if self.model is None and self.version is None:
-            raise ValueError("a fallback needs a model, a version or both")
+        if self.builtin is None:
+            if self.model is None and self.version is None:
+                raise ValueError("a fallback needs a model, a version or both (or a builtin)")
+            if self.labels is not None:
+                raise ValueError("labels only apply to builtin: nearest_label")
+        elif self.builtin == "cosine_rank":
+            given = [k for k in ("model", "version", "labels") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(
+                    f"builtin cosine_rank takes no {given[0]}: it orders the documents by the step's own "
+                    "query_embedding and document_embeddings inputs"
+                )
+        elif self.builtin == "nearest_label":
+            if self.model is None:
+                raise ValueError("builtin nearest_label needs the embed model it calls, e.g. model: embedder")
+            labels = list(self.labels or [])
+            if len(labels) < 2:
+                raise ValueError("builtin nearest_label needs labels: at least two, e.g. [sports, finance]")
+            if len(set(labels)) != len(labels) or any(not str(x).strip() for x in labels):
+                raise ValueError("nearest_label labels must be unique and non-empty")
+            if isinstance(self.labels, dict) and any(not p.strip() for p in self.labels.values()):
+                raise ValueError("nearest_label label prompts must be non-empty")
         return self
+
+    @property
+    def model_task(self) -> str | None:
+        """The task `model` must serve: the step's own (None) or the built-in's (e.g. embed)."""
+        return EMBED_MODEL_TASK.get(self.builtin) if self.builtin else None
 
 
 class StepSpec(_Spec):
@@ -246,20 +280,24 @@ class WorkflowSpec(_Spec):
         return self._output_model
 
     def check_models(self, model_tasks: Mapping[str, str]) -> None:
-        """Check each step's model (and fallback model) exists with the step's task.
+        """Check each step's model (and fallback model) exists with the step's task (a built-in
+        fallback's model: the task the built-in needs, e.g. embed for nearest_label).
 
         `model_tasks` maps model name -> task, e.g. `{s.name: s.task for s in registry.list_models()}`.
         """
         for s in self.steps:
-            for role, model in (("model", s.model), ("fallback model", s.fallback and s.fallback.model)):
+            fb_task = (s.fallback and s.fallback.model_task) or s.task
+            for role, model, task in (("model", s.model, s.task),
+                                      ("fallback model", s.fallback and s.fallback.model, fb_task)):
                 if not model:
                     continue
                 where = f"workflow {self.name!r}, step {s.id!r}"
                 if model not in model_tasks:
                     raise WorkflowError(f"{where}: {role} {model!r} is not registered")
-                if model_tasks[model] != s.task:
+                if model_tasks[model] != task:
                     raise WorkflowError(
-                        f"{where}: {role} {model!r} serves task {model_tasks[model]!r}, but the step needs {s.task!r}"
+                        f"{where}: {role} {model!r} serves task {model_tasks[model]!r}, "
+                        f"but the step needs {task!r}"
                     )
 
     def _step_ids(self) -> str:

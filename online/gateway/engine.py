@@ -10,7 +10,11 @@ is skipped and the response marked degraded.
 Every model call leaves rows in the prediction log, one per instance, failures included:
 `ok` (answered), `error` (failed; `error_type` says how, on the version and arm it was routed to),
 `fallback` (the fallback's answer, after the primary's `error` rows) and `skipped` (an optional
-step gave up). So the canary guard sees each arm's real error rate.
+step gave up). So the canary guard sees each arm's real error rate. A built-in fallback's rows
+name it as the model (`builtin:cosine_rank`), so they never count as a model version's outputs.
+
+A run in which every step was skipped answered nothing: it fails (503) instead of returning
+an all-null output.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from typing import Any
 
 import orjson
 
-from models.workflows import RetryPolicy, StepSpec, WorkflowSpec, assemble_output, step_instances
+from models import fallbacks
+from models.errors import SchemaError
+from models.workflows import Fallback, RetryPolicy, StepSpec, WorkflowSpec, assemble_output, step_instances
 from online.gateway.breaker import BreakerBoard
 from online.gateway.cache import PredictionCache, content_hash
 from online.gateway.client import (
@@ -172,8 +178,11 @@ class WorkflowEngine:
             if first is None:
                 raise
             raise first from None
-        output = assemble_output(spec, context)
-        return output, [reports[s.id] for s in spec.steps if s.id in reports]
+        ordered = [reports[s.id] for s in spec.steps if s.id in reports]
+        if ordered and all(r.status == "skipped" for r in ordered):
+            why = "; ".join(f"{r.step}: {r.error}" for r in ordered)
+            raise ServiceUnavailable(f"workflow {spec.name!r} has no answer: every step failed ({why})")
+        return assemble_output(spec, context), ordered
 
     async def _run_step(
         self, step: StepSpec, context: dict, ctx: RequestContext
@@ -186,11 +195,12 @@ class WorkflowEngine:
             raise ServiceUnavailable(f"step {step.id!r} cannot run: a step it needs was skipped")
         if not instances:
             return StepReport(step.id, step.model, None, None), []
+        fb = step.fallback
         return await self.call_step(
             step_id=step.id, model=step.model, task=step.task, instances=instances, ctx=ctx,
             timeout_ms=step.timeout_ms, retry=step.retry, optional=step.optional,
-            fallback=(step.fallback.model or step.model, step.fallback.version or "stable")
-            if step.fallback else None,
+            fallback=(fb.model or step.model, fb.version or "stable") if fb and not fb.builtin else None,
+            builtin=fb if fb and fb.builtin else None,
         )
 
     async def call_step(
@@ -205,8 +215,13 @@ class WorkflowEngine:
         retry: RetryPolicy,
         optional: bool = False,
         fallback: tuple[str, str] | None = None,
+        builtin: Fallback | None = None,
     ) -> tuple[StepReport, list[dict] | None]:
-        """Call one model for a list of instances: route, cache, retry, fall back, log every call."""
+        """Call one model for a list of instances: route, cache, retry, fall back, log every call.
+
+        `fallback` is another (model, version or alias); `builtin` a built-in fallback spec
+        (`models.fallbacks`), computed here, calling at most its embed model.
+        """
         started = self.clock()
         route = self._route(model, step_id, ctx)
         try:
@@ -219,7 +234,7 @@ class WorkflowEngine:
             self._count_error(ctx, step_id, model, route, "failed")
             self._log_failure(ctx, step_id, model, route.version, route.arm, primary, instances, started)
             outputs, report = await self._recover(step_id, model, task, instances, ctx, timeout_ms, retry,
-                                                  optional, fallback, primary)
+                                                  optional, fallback, primary, builtin)
         except asyncio.CancelledError:
             # The request deadline (or a gone client) cancelled the call: it still counts against its arm.
             kind = "deadline" if self._time_left(ctx) <= 0 else "cancelled"
@@ -234,7 +249,14 @@ class WorkflowEngine:
         return report, outputs
 
     async def _recover(self, step_id, model, task, instances, ctx, timeout_ms, retry, optional, fallback,
-                       primary: _StepFailed) -> tuple[list[dict] | None, StepReport]:
+                       primary: _StepFailed, builtin: Fallback | None = None,
+                       ) -> tuple[list[dict] | None, StepReport]:
+        if builtin is not None and self._time_left(ctx) > 0:
+            try:
+                return await self._builtin(step_id, builtin, instances, ctx, timeout_ms, retry, primary)
+            except _StepFailed as fb_err:
+                primary = _StepFailed(_both_failed(primary.error, f"builtin:{builtin.builtin}", fb_err.error),
+                                      primary.attempts + fb_err.attempts, fb_err.error_type)
         if fallback is not None and self._time_left(ctx) > 0:
             fb_model, fb_ref = fallback
             try:
@@ -249,7 +271,8 @@ class WorkflowEngine:
                 except _StepFailed as fb_err:
                     self._log_failure(ctx, step_id, fb_model, fb_route.version, "fallback", fb_err, instances,
                                       fb_started)
-                    primary = _StepFailed(fb_err.error, primary.attempts + fb_err.attempts, fb_err.error_type)
+                    both = _both_failed(primary.error, f"{fb_model}@{fb_route.version}", fb_err.error)
+                    primary = _StepFailed(both, primary.attempts + fb_err.attempts, fb_err.error_type)
                 else:
                     report = StepReport(step_id, fb_model, fb_route.version, "fallback", cached=cached,
                                         attempts=primary.attempts + attempts, status="fallback", degraded=True,
@@ -260,6 +283,46 @@ class WorkflowEngine:
             return None, StepReport(step_id, model, None, None, attempts=primary.attempts, status="skipped",
                                     degraded=True, error=primary.error.detail)
         raise primary.error
+
+    async def _builtin(self, step_id, fb: Fallback, instances, ctx, timeout_ms, retry,
+                       primary: _StepFailed) -> tuple[list[dict], StepReport]:
+        """Answer with a built-in fallback; its embed calls (if any) go to `fb.model`'s servers."""
+        name = f"builtin:{fb.builtin}"
+        prompts: dict[str, list[float]] = {}
+        per_instance: list[list[list[float]]] = [[] for _ in instances]
+        version, cached, attempts = None, False, 0
+        wanted = [fallbacks.texts_to_embed(fb.builtin, inst) for inst in instances]
+        if fb.model is not None:
+            started = self.clock()
+            try:
+                route = self._route_ref(fb.model, fb.version or "stable")
+            except GatewayError as exc:
+                raise _StepFailed(exc, 0, "unavailable") from None
+            labels = fallbacks.label_prompts(fb.labels or [])
+            texts = [*labels.values(), *(t for ts in wanted for t in ts)]
+            try:
+                vectors, cached, attempts = await self._call_cached(
+                    step_id, fb.model, "embed", route, [{"text": t} for t in texts], ctx, timeout_ms, retry)
+            except _StepFailed as err:
+                self._log_failure(ctx, step_id, fb.model, route.version, "fallback", err, instances, started)
+                raise
+            embeddings = [v["embedding"] for v in vectors]
+            prompts = dict(zip(labels, embeddings))
+            cursor = len(labels)
+            for i, ts in enumerate(wanted):
+                per_instance[i] = embeddings[cursor : cursor + len(ts)]
+                cursor += len(ts)
+            version = f"{fb.model}@{route.version}"
+        try:
+            outputs = [fallbacks.answer(fb.builtin, inst, vecs, prompts)
+                       for inst, vecs in zip(instances, per_instance)]
+        except SchemaError as exc:
+            raise _StepFailed(ServiceUnavailable(str(exc)), attempts, "unavailable") from None
+        report = StepReport(step_id, name, version, "fallback", cached=cached,
+                            attempts=primary.attempts + attempts, status="fallback", degraded=True,
+                            error=primary.error.detail)
+        self._count_error(ctx, step_id, name, Route(version=version or "", arm="fallback"), "fallback")
+        return outputs, report
 
     def _route(self, model: str, step_id: str, ctx: RequestContext) -> Route:
         explicit = ctx.explicit_pins.get(step_id) or ctx.explicit_pins.get(model)
@@ -468,6 +531,14 @@ def _error_type(exc: ModelCallError) -> str:
     if exc.status is None or exc.status in (429, 503):
         return "unavailable"
     return "upstream_error"
+
+
+def _both_failed(primary: GatewayError, fallback: str, error: GatewayError) -> GatewayError:
+    """The fallback's error (its status decides), its detail naming the primary's failure first."""
+    if type(error) in (ServiceUnavailable, DeadlineExceeded, UpstreamError):
+        return type(error)(f"{primary.detail}; its fallback {fallback} failed too: {error.detail}",
+                           headers=error.headers, extra=error.extra)
+    return error
 
 
 def _first_gateway_error(group: BaseExceptionGroup) -> GatewayError | None:

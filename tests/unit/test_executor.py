@@ -15,7 +15,17 @@ from models.workflows import BUILTIN_WORKFLOWS, load_workflow, parse_workflow
 
 ENRICH = load_workflow(BUILTIN_WORKFLOWS / "enrich.yaml")
 SEARCH = load_workflow(BUILTIN_WORKFLOWS / "search.yaml")
+CLASSIFY = load_workflow(BUILTIN_WORKFLOWS / "classify.yaml")
 VERSIONS = {"embedder": "1", "classifier": "1", "reranker": "1"}
+
+
+def strict(spec):
+    """`spec` without its failure handling (no optional steps, no fallbacks): a failure fails the row."""
+    data = spec.model_dump(exclude_none=True)
+    for step in data["steps"]:
+        step["optional"] = False
+        step.pop("fallback", None)
+    return parse_workflow(data)
 
 
 class Counting:
@@ -94,7 +104,7 @@ def test_for_each_instances_of_all_rows_share_batches_and_return_to_their_row(op
 
 def test_a_poison_input_fails_only_its_own_row(ops):
     ops[("classifier", "1")].fail_on = "document number 5 about topic 5"
-    result = run_workflow_batch(ENRICH, texts(20), lambda m, v: ops[(m, v)], VERSIONS, batch_size=8)
+    result = run_workflow_batch(strict(ENRICH), texts(20), lambda m, v: ops[(m, v)], VERSIONS, batch_size=8)
 
     statuses = [r.status for r in result.rows]
     assert statuses.count("error") == 1 and statuses[5] == "error"
@@ -143,8 +153,9 @@ def test_the_fallback_version_serves_rows_the_primary_failed(ops):
     resolve = lambda m, v: Broken() if v == "2" else ops[(m, v)]
     result = run_workflow_batch(spec, texts(3), resolve, {"classifier": "2"})
 
-    assert [r.status for r in result.rows] == ["ok"] * 3
+    assert [r.status for r in result.rows] == ["degraded"] * 3  # a fallback answer is degraded, as online
     assert result.rows[0].model_versions == {"classify": "classifier@1"}
+    assert result.rows[0].fallbacks == ("classify",) and result.rows[0].skipped == ()
 
 
 def test_a_model_that_cannot_load_fails_the_rows_with_the_reason(ops):
@@ -154,13 +165,126 @@ def test_a_model_that_cannot_load_fails_the_rows_with_the_reason(ops):
         return ops[(m, v)]
 
     with pytest.raises(BatchFailedError, match="could not load the model: FileNotFoundError: artifact gone"):
-        run_workflow_batch(ENRICH, texts(3), resolve, VERSIONS)
+        run_workflow_batch(strict(ENRICH), texts(3), resolve, VERSIONS)
 
 
 def test_when_every_row_fails_the_batch_raises():
     with pytest.raises(BatchFailedError, match=r"all 5 rows .*model server melted"):
-        run_workflow_batch(load_workflow(BUILTIN_WORKFLOWS / "classify.yaml"), texts(5),
-                           lambda m, v: Broken(), {"classifier": "1"})
+        run_workflow_batch(strict(CLASSIFY), texts(5), lambda m, v: Broken(), {"classifier": "1"})
+
+
+# --- the shipped workflows with one model failing ----------------------------------------------------
+
+
+def down(ops, model):
+    """A resolver where every call of `model` fails, as if its server were gone."""
+    def resolve(m, v):
+        if m == model:
+            raise ConnectionRefusedError(f"{m} is down")
+        return ops[(m, v)]
+    return resolve
+
+
+def test_classify_with_the_classifier_down_answers_the_nearest_label_from_the_embedder(ops):
+    result = run_workflow_batch(CLASSIFY, texts(5), down(ops, "classifier"), VERSIONS, batch_size=4)
+
+    labels = set(CLASSIFY.step("classify").fallback.labels)
+    assert [r.status for r in result.rows] == ["degraded"] * 5
+    for r in result.rows:
+        assert r.output["label"] in labels and set(r.output["scores"]) == labels
+        assert r.output["score"] == max(r.output["scores"].values())
+        assert math.isclose(sum(r.output["scores"].values()), 1.0)
+        assert r.fallbacks == ("classify",)
+        assert r.model_versions == {"classify": "builtin:nearest_label@embedder@1"}
+    # One batch of label prompts and texts together: prompts are embedded once, not per row.
+    assert ops[("embedder", "1")].batches == [4, 4, 3]  # 6 prompts + 5 texts in batches of 4
+
+
+def test_nearest_label_picks_the_label_whose_prompt_embeds_like_the_text(ops):
+    # Tiny embeddings are a hash of the text, so a text equal to a label's prompt is nearest to that label.
+    spec = parse_workflow({
+        "name": "c", "version": 1, "input": {"text": "str"},
+        "steps": [{"id": "classify", "model": "classifier", "task": "classify", "inputs": {"text": "$input.text"},
+                   "fallback": {"builtin": "nearest_label", "model": "embedder",
+                                "labels": {"sports": "the match", "finance": "the market"}}}],
+        "output": {"label": "$classify.label", "score": "$classify.score"},
+    })
+    result = run_workflow_batch(spec, [{"text": "the market"}, {"text": "the match"}], down(ops, "classifier"),
+                                VERSIONS)
+    assert [r.output["label"] for r in result.rows] == ["finance", "sports"]
+    assert all(r.output["score"] > 0.5 for r in result.rows)
+
+
+def test_classify_with_classifier_and_embedder_down_fails_its_rows_naming_both():
+    def resolve(m, v):
+        raise ConnectionRefusedError(f"{m} is down")
+
+    both = r"classifier@1: .*classifier is down.*builtin:nearest_label.*embedder"
+    with pytest.raises(BatchFailedError, match=both):
+        run_workflow_batch(CLASSIFY, texts(2), resolve, VERSIONS)
+
+
+@pytest.mark.parametrize("model", ["embedder", "classifier"])
+def test_enrich_with_one_model_down_degrades_rows_and_keeps_the_other_output(ops, model):
+    result = run_workflow_batch(ENRICH, texts(3), down(ops, model), VERSIONS)
+
+    assert [r.status for r in result.rows] == ["degraded"] * 3
+    failed = {"embedder": "embed", "classifier": "classify"}[model]
+    assert all(r.skipped == (failed,) for r in result.rows)
+    out = result.rows[0].output
+    if model == "embedder":
+        assert out["embedding"] is None and out["label"]
+    else:
+        assert out["label"] is None and out["scores"] is None and len(out["embedding"]) == 8
+
+
+def test_enrich_with_both_models_down_fails_every_row():
+    def resolve(m, v):
+        raise ConnectionRefusedError(f"{m} is down")
+
+    with pytest.raises(BatchFailedError, match="no answer: every step failed"):
+        run_workflow_batch(ENRICH, texts(2), resolve, VERSIONS)
+
+
+def test_search_with_the_embedder_down_still_reranks_embedding_itself(ops):
+    rows = [{"query": "q0", "documents": ["a", "b", "c"]}, {"query": "q1", "documents": ["d"], "top_n": 1}]
+    healthy = run_workflow_batch(SEARCH, rows, lambda m, v: ops[(m, v)], VERSIONS)
+    result = run_workflow_batch(SEARCH, rows, down(ops, "embedder"), VERSIONS)
+
+    assert [r.status for r in result.rows] == ["degraded"] * 2
+    assert result.rows[0].skipped == ("embed_query", "embed_documents")
+    assert result.rows[0].model_versions == {"rerank": "reranker@1"}
+    assert result.rows[0].output["query_embedding"] is None
+    # The tiny reranker embeds like the tiny embedder: the order is the healthy one.
+    assert result.rows[0].output["results"] == healthy.rows[0].output["results"]
+
+
+def test_search_with_the_reranker_down_orders_by_cosine_similarity_of_the_embeddings(ops):
+    rows = [{"query": "q0", "documents": ["a", "b", "c", "d"]},
+            {"query": "q1", "documents": ["e", "f"], "top_n": 1}]
+    healthy = run_workflow_batch(SEARCH, rows, lambda m, v: ops[(m, v)], VERSIONS)
+    result = run_workflow_batch(SEARCH, rows, down(ops, "reranker"), VERSIONS)
+
+    assert [r.status for r in result.rows] == ["degraded"] * 2
+    assert result.rows[0].fallbacks == ("rerank",)
+    assert result.rows[0].model_versions["rerank"] == "builtin:cosine_rank"
+    # Tiny embeddings are unit vectors, so cosine ranks like the tiny reranker's dot product.
+    for got, want in zip(result.rows, healthy.rows):
+        assert [d["index"] for d in got.output["results"]] == [d["index"] for d in want.output["results"]]
+        assert [d["score"] for d in got.output["results"]] == pytest.approx(
+            [d["score"] for d in want.output["results"]])
+    assert len(result.rows[1].output["results"]) == 1
+
+
+def test_cosine_rank_cannot_answer_without_embeddings_and_says_why(ops):
+    def resolve(m, v):
+        if m in ("embedder", "reranker"):
+            raise ConnectionRefusedError(f"{m} is down")
+        return ops[(m, v)]
+
+    why = "builtin:cosine_rank: cosine_rank orders by the upstream embeddings"
+    with pytest.raises(BatchFailedError, match=why):
+        run_workflow_batch(SEARCH, [{"query": "q", "documents": ["a"]}], resolve, VERSIONS)
 
 
 def test_transient_batch_failures_are_retried(tmp_path):

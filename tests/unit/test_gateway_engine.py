@@ -9,7 +9,7 @@ import pytest
 
 from models._registry_state import AliasState
 from models.testing import hash_vector
-from models.workflows import RetryPolicy, load_workflows
+from models.workflows import RetryPolicy, load_workflows, parse_workflow
 from online.gateway.breaker import BreakerBoard
 from online.gateway.cache import PredictionCache
 from online.gateway.client import (
@@ -27,6 +27,18 @@ from online.gateway.problems import DeadlineExceeded, ServiceUnavailable
 from online.gateway.routing import Router
 
 WORKFLOWS = load_workflows()
+
+
+def strict(spec):
+    """`spec` without its failure handling (no optional steps, no fallbacks): a failure fails the run."""
+    data = spec.model_dump(exclude_none=True)
+    for step in data["steps"]:
+        step["optional"] = False
+        step.pop("fallback", None)
+    return parse_workflow(data)
+
+
+BARE_CLASSIFY = strict(WORKFLOWS["classify"])  # for the error paths: no fallback answers for it
 SERVERS = {"embedder": "http://embedder", "classifier": "http://classifier", "reranker": "http://reranker"}
 
 
@@ -139,10 +151,10 @@ async def test_dead_server_gives_503_and_opens_the_breaker():
     engine = make_engine(fake)
     for _ in range(2):
         with pytest.raises(ServiceUnavailable):
-            await engine.run(WORKFLOWS["classify"], {"text": "x"}, ctx())
+            await engine.run(BARE_CLASSIFY, {"text": "x"}, ctx())
     assert engine.breakers.get(SERVERS["classifier"]).state.name.lower() == "open"
     with pytest.raises(ServiceUnavailable, match="circuit open"):
-        await engine.run(WORKFLOWS["classify"], {"text": "x"}, ctx())
+        await engine.run(BARE_CLASSIFY, {"text": "x"}, ctx())
 
 
 async def test_deadline_bounds_the_whole_workflow():
@@ -225,7 +237,7 @@ async def test_a_request_that_fails_still_logs_its_error_row_with_the_version_an
     fake.broken["classifier", "2"] = failure
     engine = make_engine(fake, states=CANARY_ONLY, log=log)
     with pytest.raises(problem):
-        await engine.run(WORKFLOWS["classify"], {"text": "x"}, ctx(workflow="classify"))
+        await engine.run(BARE_CLASSIFY, {"text": "x"}, ctx(workflow="classify"))
     assert log.outcomes() == [("classifier", "2", "canary", "error", error_type)]
     assert log.rows[0]["workflow"] == "classify" and log.rows[0]["step"] == "classify"
 
@@ -236,9 +248,9 @@ async def test_an_unreachable_server_then_its_open_circuit_are_logged_as_such():
     engine = make_engine(fake, log=log)
     for _ in range(2):  # 2 attempts each: the breaker opens at the 3rd failure, during the 2nd request
         with pytest.raises(ServiceUnavailable):
-            await engine.run(WORKFLOWS["classify"], {"text": "x"}, ctx())
+            await engine.run(BARE_CLASSIFY, {"text": "x"}, ctx())
     with pytest.raises(ServiceUnavailable, match="circuit open"):
-        await engine.run(WORKFLOWS["classify"], {"text": "x"}, ctx())
+        await engine.run(BARE_CLASSIFY, {"text": "x"}, ctx())
     assert [r["error_type"] for r in log.rows] == ["unavailable", "circuit_open", "circuit_open"]
     assert {(r["version"], r["arm"], r["status"]) for r in log.rows} == {("1", "stable", "error")}
 
@@ -271,7 +283,7 @@ async def test_a_version_the_server_has_not_loaded_points_at_models_status_not_a
     fake = FakeServers()
     fake.broken["classifier", "2"] = RejectedCall("answered 404: unknown version", status=404)
     with pytest.raises(ServiceUnavailable) as caught:
-        await make_engine(fake, states=CANARY_ONLY).run(WORKFLOWS["classify"], {"text": "x"}, ctx())
+        await make_engine(fake, states=CANARY_ONLY).run(BARE_CLASSIFY, {"text": "x"}, ctx())
     assert "tandem models status classifier" in caught.value.detail
     assert "not served" in caught.value.detail and "restart" not in caught.value.detail
 
@@ -320,3 +332,139 @@ async def test_a_replica_that_has_not_loaded_the_version_is_not_called_for_it():
     for i in range(4):
         await engine.run(WORKFLOWS["classify"], {"text": f"v{i}"}, ctx())
     assert set(seen) == {"http://classifier-b"}
+
+
+# --- the shipped workflows with one model server down ------------------------------------------------
+
+INPUTS = {"classify": {"text": "the striker scored"}, "enrich": {"text": "the striker scored"},
+          "search": {"query": "q", "documents": ["a", "b", "c"]}}
+# (workflow, server down) -> what each step did
+DOWN_CASES = {
+    ("classify", "classifier"): {"classify": "fallback"},
+    ("enrich", "embedder"): {"embed": "skipped", "classify": "ok"},
+    ("enrich", "classifier"): {"embed": "ok", "classify": "skipped"},
+    ("search", "embedder"): {"embed_query": "skipped", "embed_documents": "skipped", "rerank": "ok"},
+    ("search", "reranker"): {"embed_query": "ok", "embed_documents": "ok", "rerank": "fallback"},
+}
+
+
+@pytest.mark.parametrize(("workflow", "model"), list(DOWN_CASES))
+async def test_each_shipped_workflow_answers_degraded_with_any_one_of_its_servers_down(workflow, model):
+    fake, log = FakeServers(), RecordingLog()
+    fake.down.add(model)
+    spec = WORKFLOWS[workflow]
+    output, reports = await make_engine(fake, log=log).run(spec, INPUTS[workflow], ctx(workflow=workflow))
+
+    spec.output_model().model_validate(output)  # what the route returns with 200
+    assert {r.step: r.status for r in reports} == DOWN_CASES[workflow, model]
+    assert any(r.degraded for r in reports)  # the response's `degraded`
+    assert all(r.degraded == (r.status != "ok") for r in reports)
+    # Every call of the dead server left an error row; the steps that gave up a skipped row.
+    dead = [r for r in log.rows if r["model"] == model]
+    assert dead and {r["status"] for r in dead} <= {"error", "skipped"}
+    assert {r["error_type"] for r in dead if r["status"] == "error"} <= {"unavailable", "circuit_open"}
+    logged_steps = {(r["step"], r["status"]) for r in log.rows if r["status"] in ("ok", "fallback", "skipped")}
+    assert logged_steps == {(step, status) for step, status in DOWN_CASES[workflow, model].items()}
+    assert model not in {c[0] for c in fake.calls}
+
+
+async def test_classify_with_the_classifier_down_answers_a_label_from_the_embedder():
+    fake, log = FakeServers(), RecordingLog()
+    fake.down.add("classifier")
+    output, [report] = await make_engine(fake, log=log).run(WORKFLOWS["classify"], {"text": "x"}, ctx())
+
+    labels = set(WORKFLOWS["classify"].step("classify").fallback.labels)
+    assert output["label"] in labels and set(output["scores"]) == labels
+    assert output["score"] == max(output["scores"].values())
+    assert (report.model, report.version, report.arm) == ("builtin:nearest_label", "embedder@1", "fallback")
+    assert "classifier" in report.error and report.attempts == 3  # 2 on the classifier, 1 on the embedder
+    assert log.outcomes()[-1] == ("builtin:nearest_label", "embedder@1", "fallback", "fallback", None)
+    assert [c[0] for c in fake.calls] == ["embedder"]  # the prompts and the text in one call
+
+
+async def test_nearest_label_chooses_the_label_whose_prompt_embeds_like_the_text():
+    spec = parse_workflow({
+        "name": "c", "version": 1, "input": {"text": "str"},
+        "steps": [{"id": "classify", "model": "classifier", "task": "classify", "inputs": {"text": "$input.text"},
+                   "fallback": {"builtin": "nearest_label", "model": "embedder",
+                                "labels": {"sports": "the match", "finance": "the market"}}}],
+        "output": {"label": "$classify.label"},
+    })
+    fake = FakeServers()
+    fake.down.add("classifier")
+    engine = make_engine(fake)
+    for text, label in [("the market", "finance"), ("the match", "sports")]:
+        output, _ = await engine.run(spec, {"text": text}, ctx())
+        assert output["label"] == label
+
+
+async def test_search_with_the_reranker_down_orders_documents_by_cosine_similarity():
+    fake = FakeServers()
+    fake.down.add("reranker")
+    docs = ["alpha", "beta", "gamma", "delta"]
+    output, reports = await make_engine(fake).run(
+        WORKFLOWS["search"], {"query": "beta", "documents": docs, "top_n": 3}, ctx())
+
+    q = hash_vector("1beta", 4)  # the fake embedder's vectors (unit length) for version 1
+    scores = [sum(a * b for a, b in zip(q, hash_vector("1" + d, 4))) for d in docs]
+    expected = sorted(range(4), key=lambda i: -scores[i])[:3]
+    assert [r["index"] for r in output["results"]] == expected == [1, *expected[1:]]
+    assert output["results"][0]["score"] == pytest.approx(1.0)
+    assert reports[-1].model == "builtin:cosine_rank" and reports[-1].status == "fallback"
+
+
+async def test_search_with_the_embedder_down_sends_rerank_no_embeddings():
+    fake = FakeServers()
+    fake.down.add("embedder")
+    seen = []
+    original = fake.send
+
+    async def recording_send(base_url, version, inputs, **kw):
+        seen.extend(inputs)
+        return await original(base_url, version, inputs, **kw)
+
+    fake.send = recording_send
+    output, _ = await make_engine(fake).run(WORKFLOWS["search"], {"query": "q", "documents": ["a", "b"]}, ctx())
+    assert output["query_embedding"] is None and len(output["results"]) == 2
+    assert seen[-1] == {"query": "q", "documents": ["a", "b"]}  # the reranker embeds them itself
+
+
+async def test_enrich_with_both_servers_down_fails_with_503_and_logs_both():
+    fake, log = FakeServers(), RecordingLog()
+    fake.down |= {"embedder", "classifier"}
+    with pytest.raises(ServiceUnavailable, match="every step failed"):
+        await make_engine(fake, log=log).run(WORKFLOWS["enrich"], {"text": "x"}, ctx())
+    assert {(m, s) for m, _, _, s, _ in log.outcomes()} == {
+        ("embedder", "error"), ("embedder", "skipped"), ("classifier", "error"), ("classifier", "skipped")}
+
+
+async def test_classify_with_classifier_and_embedder_down_fails_and_logs_the_fallback_call():
+    fake, log = FakeServers(), RecordingLog()
+    fake.down |= {"embedder", "classifier"}
+    with pytest.raises(ServiceUnavailable) as caught:
+        await make_engine(fake, log=log).run(WORKFLOWS["classify"], {"text": "x"}, ctx())
+    assert caught.value.detail.startswith("model 'classifier' has no healthy server")
+    fallback = "its fallback builtin:nearest_label failed too: model 'embedder' has no healthy server"
+    assert fallback in caught.value.detail
+    assert log.outcomes() == [("classifier", "1", "stable", "error", "unavailable"),
+                              ("embedder", "1", "fallback", "error", "unavailable")]
+
+
+async def test_search_with_embedder_and_reranker_down_fails_saying_cosine_rank_lacks_embeddings():
+    fake = FakeServers()
+    fake.down |= {"embedder", "reranker"}
+    with pytest.raises(ServiceUnavailable, match="cosine_rank orders by the upstream embeddings"):
+        await make_engine(fake).run(WORKFLOWS["search"], {"query": "q", "documents": ["a"]}, ctx())
+
+
+async def test_when_the_fallback_version_fails_too_the_error_names_both():
+    fake = FakeServers()
+    fake.broken["classifier", "2"] = RetryableCallError("answered 500", status=500)
+    fake.broken["classifier", "1"] = EndpointUnreachable("unreachable")
+    with pytest.raises(ServiceUnavailable) as caught:
+        await make_engine(fake, states=CANARY_ONLY).call_step(
+            step_id="classify", model="classifier", task="classify", instances=[{"text": "a"}], ctx=ctx(),
+            timeout_ms=500, retry=RetryPolicy(attempts=1), fallback=("classifier", "stable"))
+    assert "answered 500" in caught.value.detail
+    fallback = "its fallback classifier@1 failed too: model 'classifier' has no healthy server"
+    assert fallback in caught.value.detail

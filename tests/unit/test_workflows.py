@@ -101,8 +101,22 @@ def test_search_reranks_after_both_embeddings():
     ]
     assert search.step("rerank").dependencies == {"embed_query", "embed_documents"}
     assert search.step("rerank").retry == RetryPolicy(attempts=3, backoff_ms=25, max_backoff_ms=400)
-    assert search.step("rerank").fallback.version == "1"
+    assert search.step("rerank").fallback.builtin == "cosine_rank"
     assert search.deadline_ms == 5000
+
+
+def test_each_shipped_workflow_has_an_answer_for_any_one_server_down():
+    specs = load_workflows(BUILTIN_WORKFLOWS)
+    classify = specs["classify"].step("classify").fallback
+    assert (classify.builtin, classify.model) == ("nearest_label", "embedder")  # not the classifier's server
+    assert set(classify.labels) == {"sports", "technology", "finance", "health", "travel", "food"}
+    assert all(s.optional for s in specs["enrich"].steps)
+    search = specs["search"]
+    assert search.step("embed_query").optional and search.step("embed_documents").optional
+    assert search.step("rerank").fallback.builtin == "cosine_rank" and not search.step("rerank").optional
+    # The outputs of skippable steps are nullable in the response model.
+    assert specs["enrich"].output_model()(embedding=None, label="sports", scores={"sports": 1.0})
+    assert search.output_model()(results=[], query_embedding=None)
 
 
 def test_defaults_are_two_attempts_and_a_two_second_timeout():
@@ -302,6 +316,73 @@ def test_a_step_reading_itself_is_a_cycle():
 def test_fallback_needs_a_model_or_a_version():
     message = refused(spec_with(rerank={"fallback": {}}))
     assert "step 'rerank'" in message and "fallback" in message
+
+
+def test_an_optional_upstream_feeds_an_optional_input_that_is_left_out_when_it_was_skipped():
+    data = spec_with(embed_query={"optional": True}, embed_documents={"optional": True})
+    spec = parse_workflow(data)
+    ctx = {"input": {"query": "q", "documents": ["a", "b"]}, "embed_query": None, "embed_documents": None}
+    [payload] = step_instances(spec.step("rerank"), ctx)
+    assert payload == {"query": "q", "documents": ["a", "b"]}  # the reranker embeds them itself
+    ctx["embed_query"] = {"embedding": [1.0, 0.0]}
+    [payload] = step_instances(spec.step("rerank"), ctx)
+    assert payload["query_embedding"] == [1.0, 0.0] and "document_embeddings" not in payload
+    assert spec.output_model().model_fields["query_embedding"].annotation == list[float] | None
+    assert assemble_output(spec, {**ctx, "embed_query": None, "rerank": {"results": []}}) == {
+        "results": [], "query_embedding": None}
+
+
+def test_builtin_fallbacks_parse_and_models_include_the_embed_model_they_call():
+    spec = parse_workflow(spec_with(rerank={"fallback": {"builtin": "cosine_rank"}}))
+    assert spec.step("rerank").fallback.builtin == "cosine_rank"
+    assert spec.models() == {"embedder", "reranker"}
+    classify = parse_workflow({
+        "name": "c", "version": 1, "input": {"text": "str"},
+        "steps": [{"id": "classify", "model": "classifier", "task": "classify", "inputs": {"text": "$input.text"},
+                   "fallback": {"builtin": "nearest_label", "model": "embedder",
+                                "labels": {"a": "about a", "b": "b"}}}],
+        "output": {"label": "$classify.label"},
+    })
+    assert classify.models() == {"classifier", "embedder"}
+    classify.check_models({"classifier": "classify", "embedder": "embed"})
+    wrong = "fallback model 'embedder' serves task 'classify', but the step needs 'embed'"
+    with pytest.raises(WorkflowError, match=wrong):
+        classify.check_models({"classifier": "classify", "embedder": "classify"})
+
+
+@pytest.mark.parametrize(("fallback", "words"), [
+    ({"builtin": "nearest_rank"}, ["fallback.builtin", "cosine_rank", "nearest_label"]),
+    ({"builtin": "cosine_rank", "model": "reranker"}, ["cosine_rank takes no model"]),
+    ({"builtin": "nearest_label", "model": "embedder", "labels": ["a", "b"]},
+     ["answers task 'classify', not 'rerank'"]),
+    ({"model": "cheap_reranker", "labels": ["a", "b"]}, ["labels only apply to builtin: nearest_label"]),
+])
+def test_bad_builtin_fallbacks_are_refused_at_load_time_naming_the_step(fallback, words):
+    message = refused(spec_with(rerank={"fallback": fallback}))
+    assert "step 'rerank'" in message
+    for word in words:
+        assert word in message
+
+
+def test_cosine_rank_needs_the_step_to_have_upstream_embeddings():
+    data = spec_with(rerank={"fallback": {"builtin": "cosine_rank"}})
+    del data["steps"][2]["inputs"]["document_embeddings"]
+    message = refused(data)
+    assert "step 'rerank'" in message and "'document_embeddings' input" in message
+
+
+@pytest.mark.parametrize(("fallback", "words"), [
+    ({"builtin": "nearest_label", "labels": ["a", "b"]}, "needs the embed model it calls"),
+    ({"builtin": "nearest_label", "model": "embedder"}, "needs labels: at least two"),
+    ({"builtin": "nearest_label", "model": "embedder", "labels": ["a", "a"]}, "unique"),
+])
+def test_nearest_label_needs_an_embed_model_and_two_distinct_labels(fallback, words):
+    data = {"name": "c", "version": 1, "input": {"text": "str"},
+            "steps": [{"id": "classify", "model": "classifier", "task": "classify",
+                       "inputs": {"text": "$input.text"}, "fallback": fallback}],
+            "output": {"label": "$classify.label"}}
+    message = refused(data)
+    assert "step 'classify'" in message and words in message
 
 
 def test_reserved_step_ids_are_refused():
