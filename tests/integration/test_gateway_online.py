@@ -266,19 +266,24 @@ def test_predictions_land_in_delta_and_tandem_sql_reads_them(cluster):
 
 
 def test_killed_model_server_gives_503_opens_the_breaker_and_recovers(cluster):
-    server = cluster.procs["server-classifier"]
-    server.stop()
+    # classify falls back to the embedder when the classifier is down: both must be down for a 503.
+    servers = [cluster.procs["server-classifier"], cluster.procs["server-embedder"]]
+    for server in servers:
+        server.stop()
     try:
         r = run(cluster, "classify", {"text": "down " + str(time.time())})
         assert r.status_code == 503, r.text
-        assert "classifier" in r.json()["detail"]
+        assert "classifier" in r.json()["detail"] and int(r.headers["retry-after"]) >= 1
+        assert "127.0.0.1" not in r.text  # no internal addresses in what callers see
         r = run(cluster, "classify", {"text": "down again " + str(time.time())})
         assert r.status_code == 503
         assert "circuit open" in r.json()["detail"]
         assert 'tandem_breaker_state{endpoint=' in httpx.get(cluster.url + "/metrics").text
     finally:
-        server.start(cluster.home)
-        server.wait_healthy()
+        for server in servers:
+            server.start(cluster.home)
+        for server in servers:
+            server.wait_healthy()
     assert _eventually(lambda: run(cluster, "classify", {"text": "back " + str(time.time())}).status_code == 200,
                        timeout_s=10)
 
