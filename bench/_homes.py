@@ -77,6 +77,18 @@ def real_home(path: Path, *, fresh: bool = False, say=print) -> Home:
     return Home(path, _bench_key(TandemSettings(home=path)), real=True)
 
 
+def tenant_key(home: Home, tenant_id: str, *, rate_per_s: float, burst: int) -> str:
+    """A fresh key of `tenant_id` with these limits (created, or updated on a reused home)."""
+    from online.gateway.tenants import TenantStore
+
+    store = TenantStore(home.settings.tenants_file)
+    if any(t.id == tenant_id for t in store.list()):
+        store.update(tenant_id, rate_per_s=rate_per_s, burst=burst, daily_quota=None)
+        return store.rotate_key(tenant_id)
+    _, key = store.create(tenant_id, scopes={"predict"}, rate_per_s=rate_per_s, burst=burst)
+    return key
+
+
 def _bench_key(settings: TandemSettings) -> str:
     """A key of the `bench` tenant, created without rate limit or quota (a new key on reused homes)."""
     from online.gateway.tenants import TenantStore

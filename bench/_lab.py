@@ -179,15 +179,21 @@ class Lab:
         return [orjson.dumps(ep.body(t)) for t in self.texts.take(n)]
 
     def hit(self, ep: Endpoint, connections: int, duration_s: float | None = None,
-            bodies: list[bytes] | None = None) -> dict:
-        """One load run on `ep` with fresh bodies (unless given); the LoadResult plus CPU per process."""
+            bodies: list[bytes] | None = None, *, delay_ms: float = 0.0, count_statuses: bool = False,
+            settle: bool = True) -> dict:
+        """One load run on `ep` with fresh bodies (unless given); the LoadResult plus CPU per process.
+
+        `delay_ms` paces each connection, `count_statuses` counts answers by status (see
+        `LoadGenerator.run`); `settle=False` starts at once (e.g. while another load runs)."""
         duration_s = duration_s or self.config.duration_s
         if bodies is None:
             bodies = self.bodies(ep, int(ep.max_rps * duration_s * 1.2) + 100)
-        self.settle()
+        if settle:
+            self.settle()
         before, busy0, t0 = self.cpu_snapshot(), machine_busy(), time.perf_counter()
         res: LoadResult = self.load.run(ep.proc.url, ep.path, bodies, connections=connections,
-                                        duration_s=duration_s, key=ep.key)
+                                        duration_s=duration_s, key=ep.key, delay_ms=delay_ms,
+                                        count_statuses=count_statuses)
         wall, after, busy1 = time.perf_counter() - t0, self.cpu_snapshot(), machine_busy()
         cpu = {k: round((after[k] - before.get(k, 0.0)) / wall, 3) for k in after if after[k] - before.get(k, 0) > 0}
         ours = sum(cpu.values()) + res.loadgen_cpu_cores

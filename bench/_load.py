@@ -42,6 +42,8 @@ class LoadResult:
     errors: int  # non-2xx answers, connect/read/write errors and timeouts
     repeated_bodies: bool  # the body list ran out and started over
     loadgen_cpu_cores: float  # the generator's CPU seconds per wall second
+    statuses: dict | None = None  # with count_statuses: answers by status ("200", "429", "other") and
+    #                                "429_without_retry_after"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -73,13 +75,18 @@ class LoadGenerator:
             say("wrk is unavailable: using the Python load generator; its CPU share is reported per run")
 
     def run(self, base_url: str, path: str, bodies: list[bytes], *, connections: int, duration_s: float,
-            key: str | None = None) -> LoadResult:
-        """POST `bodies` (in order, one per request) to `base_url + path` for `duration_s`."""
+            key: str | None = None, delay_ms: float = 0.0, count_statuses: bool = False) -> LoadResult:
+        """POST `bodies` (in order, one per request) to `base_url + path` for `duration_s`.
+
+        `delay_ms`: each connection pauses that long before each request (a paced closed loop);
+        `count_statuses`: count the answers by status and 429s lacking Retry-After (`statuses`).
+        """
         self.work_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("wb", dir=self.work_dir, suffix=".bodies", delete=False) as f:
             f.write(b"\n".join(bodies) + b"\n")
             bodies_file = f.name
-        env = {**os.environ, "BENCH_BODIES": bodies_file, "BENCH_PATH": path, "BENCH_AUTH": key or ""}
+        env = {**os.environ, "BENCH_BODIES": bodies_file, "BENCH_PATH": path, "BENCH_AUTH": key or "",
+               "BENCH_DELAY_MS": f"{delay_ms:g}", "BENCH_STATUSES": "1" if count_statuses else ""}
         if self.wrk:
             seconds = max(1, round(duration_s))  # wrk takes whole seconds
             args = [self.wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s",
@@ -102,6 +109,7 @@ class LoadGenerator:
             lat_mean_ms=d["lat_mean_ms"], lat_p50_ms=d["lat_p50_ms"], lat_p90_ms=d["lat_p90_ms"],
             lat_p99_ms=d["lat_p99_ms"], lat_max_ms=d["lat_max_ms"], errors=errors,
             repeated_bodies=d["wraps"] > 0, loadgen_cpu_cores=cpu_s / wall_s if wall_s else 0.0,
+            statuses=d.get("statuses") if count_statuses else None,
         )
 
 

@@ -23,6 +23,7 @@ CASES: dict[str, Case] = {
     "workflow": online.workflow,
     "cache": online.cache,
     "logging": online.logging,
+    "isolation": online.isolation,
     "batch": batch.batch,
     "sql": sql.sql,
 }

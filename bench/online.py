@@ -7,12 +7,20 @@
     workflow  `enrich` latency  ÷  the sum of its two steps' latencies called one after another
     cache     throughput on repeated inputs  ÷  on fresh inputs, 32 clients
     logging   throughput with the prediction log on  ÷  off, 32 clients
+    isolation a quiet tenant's p99 while a noisy tenant sends 10x its rate limit  ÷  the quiet tenant alone
 
 Every load run posts distinct 15-25-word texts (except the cache case's repeated side).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+import time
+
+import httpx
+
+from bench._homes import tenant_key
 from bench._lab import Endpoint, Lab, alternate
 from bench._report import CaseResult, median, new_result, paired_ratio
 from models.schemas import EmbedIn
@@ -27,6 +35,7 @@ NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "workflow": ("main", ("server-embedder", "server-classifier", "gateway")),
     "cache": ("main", ("server-embedder", "gateway")),
     "logging": ("main", ("server-embedder", "gateway", "gateway-nolog")),
+    "isolation": ("main", ("server-embedder", "gateway")),
 }
 """The home and the processes each case uses; a run starts those of all its cases at once."""
 
@@ -208,3 +217,82 @@ def logging(lab: Lab) -> CaseResult:
     _throughputs(lab, res, log_on=lab.endpoint("main", procs["gateway"], "embedder"),
                  log_off=lab.endpoint("main", procs["gateway-nolog"], "embedder"))
     return res
+
+
+# The isolation case: both tenants are paced closed loops (each connection pauses before each request).
+NOISY_TENANT, NOISY_RATE, NOISY_BURST = "bench-noisy", 10.0, 10  # its limit: 10 requests/s
+NOISY_CONNECTIONS, NOISY_DELAY_MS = 4, 40.0  # ~4 / (40 ms + a fast 429) ≈ 95 requests/s offered: ~10x its rate
+QUIET_CONNECTIONS, QUIET_DELAY_MS = 4, 50.0  # the bench tenant, no limit: ~50-60 requests/s, well below capacity
+
+
+def isolation(lab: Lab) -> CaseResult:
+    """The quiet tenant's latency alone, then with the noisy tenant hammering at the same time (ABBA)."""
+    res = new_result("isolation")
+    procs = lab.need("main", "server-embedder", "gateway")
+    quiet = lab.endpoint("main", procs["gateway"], "embedder")
+    noisy = dataclasses.replace(quiet, key=tenant_key(lab.home("main"), NOISY_TENANT, rate_per_s=NOISY_RATE,
+                                                      burst=NOISY_BURST))
+    _wait_for_key(noisy)
+    seconds = max(1, round(lab.config.duration_s))
+    noisy_runs: list[dict] = []
+
+    def alone() -> dict:
+        return lab.hit(quiet, QUIET_CONNECTIONS, delay_ms=QUIET_DELAY_MS, count_statuses=True)
+
+    def with_noise() -> dict:
+        # The noise starts a second early (its burst is spent by then) and ends a second after the quiet run.
+        lab.settle()
+        noise: dict = {}
+        thread = threading.Thread(target=lambda: noise.update(lab.hit(
+            noisy, NOISY_CONNECTIONS, seconds + 2, delay_ms=NOISY_DELAY_MS, count_statuses=True, settle=False)))
+        thread.start()
+        time.sleep(1.0)
+        run = lab.hit(quiet, QUIET_CONNECTIONS, delay_ms=QUIET_DELAY_MS, count_statuses=True, settle=False)
+        thread.join()
+        noisy_runs.append(noise)
+        return run
+
+    if lab.config.warmup_s:
+        lab.hit(quiet, QUIET_CONNECTIONS, lab.config.warmup_s, delay_ms=QUIET_DELAY_MS)
+    a, n = alternate(lab.config.reps, alone, with_noise)
+    p99_a, p99_n = _p(a, "lat_p99_ms"), _p(n, "lat_p99_ms")
+    res.ratio = paired_ratio(p99_n, p99_a)
+    offered = [r["rps"] / NOISY_RATE for r in noisy_runs]
+    noisy_status = {k: sum(r["statuses"][k] for r in noisy_runs) for k in noisy_runs[0]["statuses"]}
+    quiet_status = {k: sum(r["statuses"][k] for r in a + n) for k in a[0]["statuses"]}
+    admitted = [r["statuses"]["200"] / r["duration_s"] for r in noisy_runs]
+    res.raw = {
+        "quiet_alone": a, "quiet_with_noise": n, "noisy": noisy_runs,
+        "ratios_p99": [x / y for x, y in zip(p99_n, p99_a)],
+        "ratio_p50": paired_ratio(_p(n, "lat_p50_ms"), _p(a, "lat_p50_ms")),
+        "noisy_limit": {"rate_per_s": NOISY_RATE, "burst": NOISY_BURST},
+        "noisy_offered_x_rate": offered, "noisy_admitted_per_s": admitted,
+        "noisy_statuses": noisy_status, "quiet_statuses": quiet_status,
+        "load": {"quiet": {"connections": QUIET_CONNECTIONS, "delay_ms": QUIET_DELAY_MS},
+                 "noisy": {"connections": NOISY_CONNECTIONS, "delay_ms": NOISY_DELAY_MS}},
+        "ratio_is": "median over repetitions of quiet p99 with the noisy tenant ÷ quiet p99 alone",
+    }
+    res.summary = (f"quiet p99 {median(p99_a):.1f} → {median(p99_n):.1f} ms (p50 {median(_p(a, 'lat_p50_ms')):.1f} → "
+                   f"{median(_p(n, 'lat_p50_ms')):.1f}) at {median(_rps(a)):.0f} req/s; noisy offered "
+                   f"{median([r['rps'] for r in noisy_runs]):.0f} req/s ({median(offered):.1f}x its {NOISY_RATE:g}/s), "
+                   f"admitted {median(admitted):.1f}/s, {noisy_status['429']} × 429, {quiet_status['429']} quiet 429s")
+    _check(res, quiet_alone=a, quiet_with_noise=n)
+    if quiet_status["429"] or quiet_status["other"]:
+        res.notes.append(f"the quiet tenant got {quiet_status['429']} × 429 and {quiet_status['other']} other non-200s")
+    if noisy_status["other"] or noisy_status["429_without_retry_after"]:
+        res.notes.append(f"the noisy tenant got {noisy_status['other']} answers neither 200 nor 429 and "
+                         f"{noisy_status['429_without_retry_after']} 429s without Retry-After")
+    if median(offered) < 8:
+        res.notes.append(f"the noisy tenant offered only {median(offered):.1f}x its rate")
+    return res
+
+
+def _wait_for_key(ep: Endpoint, timeout_s: float = 15.0) -> None:
+    """Until the gateway knows a key created just now (it reloads the tenant file within seconds)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = httpx.post(ep.proc.url + ep.path, json=ep.body("a key check"), timeout=10,
+                       headers={"Authorization": f"Bearer {ep.key}"})
+        if r.status_code != 401 or time.monotonic() > deadline:
+            return
+        time.sleep(0.3)
