@@ -8,6 +8,7 @@
     cache     throughput on repeated inputs  ÷  on fresh inputs, 32 clients
     logging   throughput with the prediction log on  ÷  off, 32 clients
     isolation a quiet tenant's p99 while a noisy tenant sends 10x its rate limit  ÷  the quiet tenant alone
+              (and, as a control, next to the noisy tenant just under its limit)
 
 Every load run posts distinct 15-25-word texts (except the cache case's repeated side).
 """
@@ -221,12 +222,15 @@ def logging(lab: Lab) -> CaseResult:
 
 # The isolation case: both tenants are paced closed loops (each connection pauses before each request).
 NOISY_TENANT, NOISY_RATE, NOISY_BURST = "bench-noisy", 10.0, 10  # its limit: 10 requests/s
-NOISY_CONNECTIONS, NOISY_DELAY_MS = 4, 40.0  # ~4 / (40 ms + a fast 429) ≈ 95 requests/s offered: ~10x its rate
-QUIET_CONNECTIONS, QUIET_DELAY_MS = 4, 50.0  # the bench tenant, no limit: ~50-60 requests/s, well below capacity
+NOISY_CONNECTIONS, NOISY_DELAY_MS = 6, 50.0  # ~6 / (50 ms + a fast 429) ≈ 100 requests/s offered: ~10x its rate
+AT_LIMIT_CONNECTIONS, AT_LIMIT_DELAY_MS = 1, 110.0  # the control: the same tenant just under its limit
+QUIET_CONNECTIONS, QUIET_DELAY_MS = 4, 50.0  # the bench tenant, no limit: ~30-60 requests/s, below capacity
 
 
 def isolation(lab: Lab) -> CaseResult:
-    """The quiet tenant's latency alone, then with the noisy tenant hammering at the same time (ABBA)."""
+    """The quiet tenant's latency alone and with the noisy tenant at ~10x its rate at the same time
+    (the ratio), plus a control: with the noisy tenant just under its limit, so what the excess
+    itself costs (its 429s) is told apart from what the noisy tenant's admitted requests cost."""
     res = new_result("isolation")
     procs = lab.need("main", "server-embedder", "gateway")
     quiet = lab.endpoint("main", procs["gateway"], "embedder")
@@ -235,48 +239,62 @@ def isolation(lab: Lab) -> CaseResult:
     _wait_for_key(noisy)
     seconds = max(1, round(lab.config.duration_s))
     noisy_runs: list[dict] = []
+    at_limit_runs: list[dict] = []
 
     def alone() -> dict:
         return lab.hit(quiet, QUIET_CONNECTIONS, delay_ms=QUIET_DELAY_MS, count_statuses=True)
 
-    def with_noise() -> dict:
+    def next_to(connections: int, delay_ms: float, runs: list[dict]) -> dict:
         # The noise starts a second early (its burst is spent by then) and ends a second after the quiet run.
         lab.settle()
         noise: dict = {}
         thread = threading.Thread(target=lambda: noise.update(lab.hit(
-            noisy, NOISY_CONNECTIONS, seconds + 2, delay_ms=NOISY_DELAY_MS, count_statuses=True, settle=False)))
+            noisy, connections, seconds + 2, delay_ms=delay_ms, count_statuses=True, settle=False)))
         thread.start()
         time.sleep(1.0)
-        run = lab.hit(quiet, QUIET_CONNECTIONS, delay_ms=QUIET_DELAY_MS, count_statuses=True, settle=False)
-        thread.join()
-        noisy_runs.append(noise)
-        return run
+        try:
+            return lab.hit(quiet, QUIET_CONNECTIONS, delay_ms=QUIET_DELAY_MS, count_statuses=True, settle=False)
+        finally:
+            thread.join()
+            runs.append(noise)
 
     if lab.config.warmup_s:
         lab.hit(quiet, QUIET_CONNECTIONS, lab.config.warmup_s, delay_ms=QUIET_DELAY_MS)
-    a, n = alternate(lab.config.reps, alone, with_noise)
-    p99_a, p99_n = _p(a, "lat_p99_ms"), _p(n, "lat_p99_ms")
+    a, n, c = alternate(lab.config.reps, alone, lambda: next_to(NOISY_CONNECTIONS, NOISY_DELAY_MS, noisy_runs),
+                        lambda: next_to(AT_LIMIT_CONNECTIONS, AT_LIMIT_DELAY_MS, at_limit_runs))
+    p99_a, p99_n, p99_c = _p(a, "lat_p99_ms"), _p(n, "lat_p99_ms"), _p(c, "lat_p99_ms")
     res.ratio = paired_ratio(p99_n, p99_a)
     offered = [r["rps"] / NOISY_RATE for r in noisy_runs]
-    noisy_status = {k: sum(r["statuses"][k] for r in noisy_runs) for k in noisy_runs[0]["statuses"]}
-    quiet_status = {k: sum(r["statuses"][k] for r in a + n) for k in a[0]["statuses"]}
+
+    def statuses(runs: list[dict]) -> dict:
+        return {k: sum(r["statuses"][k] for r in runs) for k in runs[0]["statuses"]}
+
+    noisy_status, quiet_status = statuses(noisy_runs), statuses(a + n + c)
     admitted = [r["statuses"]["200"] / r["duration_s"] for r in noisy_runs]
     res.raw = {
-        "quiet_alone": a, "quiet_with_noise": n, "noisy": noisy_runs,
+        "quiet_alone": a, "quiet_with_noise": n, "quiet_with_noisy_at_limit": c,
+        "noisy": noisy_runs, "noisy_at_limit": at_limit_runs,
         "ratios_p99": [x / y for x, y in zip(p99_n, p99_a)],
         "ratio_p50": paired_ratio(_p(n, "lat_p50_ms"), _p(a, "lat_p50_ms")),
+        "ratio_p99_at_limit_vs_alone": paired_ratio(p99_c, p99_a),
+        "ratio_p99_noise_vs_at_limit": paired_ratio(p99_n, p99_c),
         "noisy_limit": {"rate_per_s": NOISY_RATE, "burst": NOISY_BURST},
         "noisy_offered_x_rate": offered, "noisy_admitted_per_s": admitted,
-        "noisy_statuses": noisy_status, "quiet_statuses": quiet_status,
+        "noisy_statuses": noisy_status, "noisy_at_limit_statuses": statuses(at_limit_runs),
+        "quiet_statuses": quiet_status,
         "load": {"quiet": {"connections": QUIET_CONNECTIONS, "delay_ms": QUIET_DELAY_MS},
-                 "noisy": {"connections": NOISY_CONNECTIONS, "delay_ms": NOISY_DELAY_MS}},
-        "ratio_is": "median over repetitions of quiet p99 with the noisy tenant ÷ quiet p99 alone",
+                 "noisy": {"connections": NOISY_CONNECTIONS, "delay_ms": NOISY_DELAY_MS},
+                 "noisy_at_limit": {"connections": AT_LIMIT_CONNECTIONS, "delay_ms": AT_LIMIT_DELAY_MS}},
+        "ratio_is": "median over repetitions of quiet p99 with the noisy tenant at ~10x its rate ÷ quiet p99 alone",
     }
-    res.summary = (f"quiet p99 {median(p99_a):.1f} → {median(p99_n):.1f} ms (p50 {median(_p(a, 'lat_p50_ms')):.1f} → "
-                   f"{median(_p(n, 'lat_p50_ms')):.1f}) at {median(_rps(a)):.0f} req/s; noisy offered "
-                   f"{median([r['rps'] for r in noisy_runs]):.0f} req/s ({median(offered):.1f}x its {NOISY_RATE:g}/s), "
-                   f"admitted {median(admitted):.1f}/s, {noisy_status['429']} × 429, {quiet_status['429']} quiet 429s")
-    _check(res, quiet_alone=a, quiet_with_noise=n)
+    res.summary = (f"quiet p99 {median(p99_a):.0f} ms alone → {median(p99_n):.0f} ms with noise (p50 "
+                   f"{median(_p(a, 'lat_p50_ms')):.0f} → {median(_p(n, 'lat_p50_ms')):.0f}) at "
+                   f"{median(_rps(a)):.0f} req/s; noisy offered {median([r['rps'] for r in noisy_runs]):.0f} req/s "
+                   f"({median(offered):.1f}x its {NOISY_RATE:g}/s), admitted {median(admitted):.1f}/s, "
+                   f"{noisy_status['429']} × 429; quiet p99 with the noisy tenant just under its limit "
+                   f"{median(p99_c):.0f} ms (noise ÷ that: {res.raw['ratio_p99_noise_vs_at_limit']:.2f}); "
+                   f"{quiet_status['429']} quiet 429s")
+    _check(res, quiet_alone=a, quiet_with_noise=n, quiet_with_noisy_at_limit=c)
     if quiet_status["429"] or quiet_status["other"]:
         res.notes.append(f"the quiet tenant got {quiet_status['429']} × 429 and {quiet_status['other']} other non-200s")
     if noisy_status["other"] or noisy_status["429_without_retry_after"]:
