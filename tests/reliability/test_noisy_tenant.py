@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import httpx
 import pytest
@@ -66,7 +67,7 @@ class _Load:
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, args=(n,), daemon=True) for n in range(threads)]
 
-    def __enter__(self) -> _Load:
+    def __enter__(self) -> Self:
         for t in self._threads:
             t.start()
         return self
