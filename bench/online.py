@@ -282,6 +282,7 @@ def isolation(lab: Lab) -> CaseResult:
         "ratio_p50": paired_ratio(_p(n, "lat_p50_ms"), _p(a, "lat_p50_ms")),
         "ratio_p99_at_limit_vs_alone": paired_ratio(p99_c, p99_a),
         "ratio_p99_noise_vs_at_limit": paired_ratio(p99_n, p99_c),
+        "ratio_p50_noise_vs_at_limit": paired_ratio(_p(n, "lat_p50_ms"), _p(c, "lat_p50_ms")),
         "noisy_limit": {"rate_per_s": NOISY_RATE, "burst": NOISY_BURST},
         "noisy_offered_x_rate": offered, "noisy_admitted_per_s": admitted,
         "noisy_statuses": noisy_status, "noisy_at_limit_statuses": statuses(at_limit_runs),

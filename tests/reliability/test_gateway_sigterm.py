@@ -27,7 +27,7 @@ from online.gateway.tenants import TenantStore
 from orchestration.bootstrap import Platform
 from tests.integration.conftest import Cluster, base_env, gateway, model_server
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 CLIENTS = 4
 LOAD_BEFORE_SIGTERM_S = 2.5  # past one flush interval: some rows are written, the latest are buffered

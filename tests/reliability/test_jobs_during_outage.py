@@ -31,7 +31,7 @@ from tests.integration.conftest import Cluster, base_env, free_port, gateway, mo
 from tests.integration.dagster_support import make_home
 from tests.reliability.test_supervision import _alive, _children
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 JOBS, ITEMS = 6, 5
 

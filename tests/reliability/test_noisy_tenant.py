@@ -24,7 +24,7 @@ from online.gateway.tenants import TenantStore
 from orchestration.bootstrap import Platform
 from tests.integration.conftest import Cluster, base_env, gateway, model_server
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 NOISY_RATE, NOISY_BURST = 5.0, 5
 NOISY_THREADS, NOISY_INTERVAL_S = 2, 0.04  # 2 / 40 ms = 50 requests/s offered: 10x its rate
