@@ -82,11 +82,13 @@ def _tick(sensor, instance, home, cursor):
 
 def test_jobs_submitted_while_a_model_server_is_down_complete_once_after_it_is_back(cluster):
     c, home = cluster, cluster.home
-    enrich = {"input": {"text": "rates rose again"}}
-    assert c.http.post("/v1/workflows/enrich/run", json=enrich).status_code == 200
 
+    def classify(text: str) -> httpx.Response:  # the model route: no fallback, so it shows the outage
+        return c.http.post("/v1/models/classifier/predict", json={"instances": [{"text": text}]})
+
+    assert classify("rates rose again").status_code == 200
     _kill_9(c, "classifier")
-    outage = c.http.post("/v1/workflows/enrich/run", json={"input": {"text": "during the outage"}})
+    outage = classify("during the outage")
     assert outage.status_code in (503, 504), outage.text  # the outage is real for the online path
 
     texts = {j: [f"job {j} item {i}: the central bank held rates" for i in range(ITEMS)] for j in range(JOBS)}
@@ -113,7 +115,7 @@ def test_jobs_submitted_while_a_model_server_is_down_complete_once_after_it_is_b
         c.add(model_server(c.env, home.settings.home, "classifier", "1", port=c.ports["classifier"])
               ).start(c.log_dir).wait_healthy()
         deadline = time.monotonic() + 30
-        while c.http.post("/v1/workflows/enrich/run", json={"input": {"text": "after"}}).status_code != 200:
+        while classify("after the restart").status_code != 200:
             assert time.monotonic() < deadline, "the gateway never used the restarted server"
             time.sleep(0.3)
 
