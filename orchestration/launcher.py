@@ -315,7 +315,7 @@ def _handle_stop_signals() -> None:
     signal.signal(signal.SIGTERM, on_term)
 
 
-def stop_children(children: list[Child], say: Callable[[str], None] = print, grace_s: float = 15) -> bool:
+def stop_children(children: list[Child], say: Callable[[str], None] = print, grace_s: float = 30) -> bool:
     """SIGINT each child, wait, then SIGKILL its process group; True when all stopped on their own."""
     clean = True
     for child in children:
