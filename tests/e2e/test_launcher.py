@@ -6,22 +6,15 @@ import httpx
 import pytest
 
 from models.settings import TandemSettings
-from models.testing import write_tiny_artifact
-from orchestration.bootstrap import Platform, demo_key, ensure_demo_tenant
+from orchestration.bootstrap import demo_key
 from orchestration.launcher import EXAMPLES, run_platform, stop_children
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, tiny_platform_home
 
 pytestmark = pytest.mark.e2e
 
 
 def test_up_starts_servers_and_gateway_prints_working_examples_and_stops_everything(tmp_path, monkeypatch):
-    settings = TandemSettings(home=tmp_path)
-    reg = Platform.open(settings).registry
-    for name, task, kind in [("embedder", "embed", "tiny-embed"), ("classifier", "classify", "tiny-classify"),
-                             ("reranker", "rerank", "tiny-rerank")]:
-        reg.register(name, task, write_tiny_artifact(tmp_path / "src" / name, kind), version="1")
-        reg.promote(name, "1", actor="test")
-    ensure_demo_tenant(settings)
+    settings = TandemSettings(home=tiny_platform_home(tmp_path))
     monkeypatch.setenv("TANDEM_HOME", str(tmp_path))
     port = free_port()
     lines: list[str] = []

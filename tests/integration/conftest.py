@@ -87,6 +87,22 @@ def base_env(home: Path, **extra: str) -> dict:
     return env
 
 
+def tiny_platform_home(home: Path) -> Path:
+    """A TANDEM_HOME with the three reference model names registered as tiny models (stable 1) and the demo tenant."""
+    from models.settings import TandemSettings
+    from models.testing import write_tiny_artifact
+    from orchestration.bootstrap import Platform, ensure_demo_tenant
+
+    settings = TandemSettings(home=home)
+    reg = Platform.open(settings).registry
+    for name, task, kind in [("embedder", "embed", "tiny-embed"), ("classifier", "classify", "tiny-classify"),
+                             ("reranker", "rerank", "tiny-rerank")]:
+        reg.register(name, task, write_tiny_artifact(home / "src" / name, kind), version="1")
+        reg.promote(name, "1", actor="test")
+    ensure_demo_tenant(settings)
+    return home
+
+
 def model_server(env: dict, home: Path, name: str, versions: str, port: int | None = None) -> Proc:
     port = port or free_port()
     return Proc(f"server-{name}", [sys.executable, "-m", "online.servers", "--home", str(home), name,

@@ -18,9 +18,8 @@ import httpx
 import pytest
 
 from models.settings import TandemSettings
-from models.testing import write_tiny_artifact
-from orchestration.bootstrap import Platform, demo_key, ensure_demo_tenant
-from tests.integration.conftest import ROOT, base_env, free_port
+from orchestration.bootstrap import demo_key
+from tests.integration.conftest import ROOT, base_env, free_port, tiny_platform_home
 
 pytestmark = pytest.mark.e2e
 
@@ -105,14 +104,7 @@ def kill_tree(proc: subprocess.Popen) -> None:
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
-    settings = TandemSettings(home=tmp_path)
-    reg = Platform.open(settings).registry
-    for name, task, kind in [("embedder", "embed", "tiny-embed"), ("classifier", "classify", "tiny-classify"),
-                             ("reranker", "rerank", "tiny-rerank")]:
-        reg.register(name, task, write_tiny_artifact(tmp_path / "src" / name, kind), version="1")
-        reg.promote(name, "1", actor="test")
-    ensure_demo_tenant(settings)
-    return tmp_path
+    return tiny_platform_home(tmp_path)
 
 
 def test_kill_9_of_a_model_server_is_healed_by_tandem_up_and_ctrl_c_stops_everything_cleanly(home: Path):
