@@ -425,7 +425,7 @@ async def test_search_with_the_embedder_down_sends_rerank_no_embeddings():
 
     fake.send = recording_send
     output, _ = await make_engine(fake).run(WORKFLOWS["search"], {"query": "q", "documents": ["a", "b"]}, ctx())
-    assert output["query_embedding"] is None and len(output["results"]) == 2
+    assert set(output) == {"results"} and len(output["results"]) == 2
     assert seen[-1] == {"query": "q", "documents": ["a", "b"]}  # the reranker embeds them itself
 
 
