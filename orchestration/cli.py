@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -11,63 +10,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from models.settings import TandemSettings
+from orchestration._cli_common import Actor, Reason, console, err, friendly, platform, say, settings, table
+from orchestration.cli_tenants import tenants_app
 
 app = typer.Typer(help="Tandem: ML inference orchestration, online and batch.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 models_app = typer.Typer(help="The model registry: versions and aliases.", no_args_is_help=True)
 workflows_app = typer.Typer(help="Workflow specs.", no_args_is_help=True)
-tenants_app = typer.Typer(help="Tenants and their API keys.", no_args_is_help=True)
 serve_app = typer.Typer(help="Run one component in the foreground.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(workflows_app, name="workflows")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(serve_app, name="serve")
-
-console = Console()
-err = Console(stderr=True)
-Actor = Annotated[str, typer.Option(help="Who makes the change (recorded in the history).")]
-Reason = Annotated[str | None, typer.Option(help="Why (recorded in the history).")]
-
-
-def settings() -> TandemSettings:
-    return TandemSettings()
-
-
-def _platform():
-    from orchestration.bootstrap import Platform
-
-    return Platform.open(settings())
-
-
-def friendly(fn):
-    """Turn the platform's errors into a one-line reason and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from lakehouse import LakehouseError
-        from models.errors import TandemModelError
-        from online.gateway.problems import GatewayError
-
-        try:
-            return fn(*args, **kwargs)
-        except (TandemModelError, LakehouseError) as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(1) from None
-        except GatewayError as exc:
-            err.print(f"[red]error:[/red] {exc.detail}", highlight=False)
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
-def _say(message: str) -> None:
-    console.print(message, highlight=False, soft_wrap=True)
-    console.file.flush()  # progress must show at once, also when stdout is a file or a pipe
-
 
 def _state_line(state) -> str:
     """One readable line for a model's alias state, e.g. `classifier: stable 1 · canary 2 at 10% · no shadow`."""
@@ -87,33 +42,24 @@ def _move_alias(name: str, version: str, move, *, wait: bool, force: bool, timeo
     from orchestration.serving import check_servable, wait_until_loaded
 
     s = settings()
-    reg = _platform().registry
+    reg = platform().registry
     target = reg.resolve(name, version).version
     servers = [] if force else check_servable(s, name)
     state = move(reg, target)
-    _say(_state_line(state))
+    say(_state_line(state))
     if not servers:
         if not force:
-            _say("the platform is not running; `tandem up` serves this version")
+            say("the platform is not running; `tandem up` serves this version")
         return
     if all(target in r.loaded for r in servers):
-        _say(f"{name}@{target} is loaded on {len(servers)} server(s) and takes traffic now")
+        say(f"{name}@{target} is loaded on {len(servers)} server(s) and takes traffic now")
     elif wait:
-        _say(f"waiting for {name}@{target} to load on the model server(s) ...")
-        waited = wait_until_loaded(s, name, target, timeout_s=timeout, say=_say)
-        _say(f"[green]{name}@{target} loaded in {waited:.0f} s[/green]; the gateway routes to it within a second")
+        say(f"waiting for {name}@{target} to load on the model server(s) ...")
+        waited = wait_until_loaded(s, name, target, timeout_s=timeout, say=say)
+        say(f"[green]{name}@{target} loaded in {waited:.0f} s[/green]; the gateway routes to it within a second")
     else:
-        _say(f"the model server is loading {name}@{target}; the gateway routes to it once loaded "
+        say(f"the model server is loading {name}@{target}; the gateway routes to it once loaded "
              f"(`tandem models status {name}`, or pass --wait next time)")
-
-
-def _table(title: str, columns: list[str], rows: list[list]) -> None:
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row])
-    console.print(table)
 
 
 @app.command()
@@ -136,22 +82,22 @@ def models_list() -> None:
     """Models with their versions and aliases."""
     rows = [[m.name, m.task, ", ".join(m.versions), m.state.stable, m.state.canary,
              f"{m.state.canary_weight:.0%}" if m.state.canary else "", m.state.shadow]
-            for m in _platform().registry.list_models()]
-    _table("models", ["name", "task", "versions", "stable", "canary", "weight", "shadow"], rows)
+            for m in platform().registry.list_models()]
+    table("models", ["name", "task", "versions", "stable", "canary", "weight", "shadow"], rows)
 
 
 @models_app.command("show")
 @friendly
 def models_show(name: str, version: Annotated[str | None, typer.Argument()] = None) -> None:
     """A model's versions (or one version in full)."""
-    reg = _platform().registry
+    reg = platform().registry
     if version:
         console.print_json(json.dumps(asdict(reg.resolve(name, version)), default=str))
         return
     rows = [[v.version, v.sha256[:12], v.schema_hash[:12], json.dumps(v.metrics)[:60], v.created_at, v.description]
             for v in reg.versions(name)]
-    _table(f"{name}", ["version", "sha256", "schema", "metrics", "created", "description"], rows)
-    _say(_state_line(reg.state(name)))
+    table(f"{name}", ["version", "sha256", "schema", "metrics", "created", "description"], rows)
+    say(_state_line(reg.state(name)))
 
 
 @models_app.command("status")
@@ -162,16 +108,16 @@ def models_status(name: Annotated[str | None, typer.Argument(help="One model; de
 
     reports = server_reports(settings(), name)
     if not reports:
-        _say("no model servers recorded: start the platform with `tandem up`")
+        say("no model servers recorded: start the platform with `tandem up`")
         return
-    states = _platform().registry.states()
+    states = platform().registry.states()
     rows = []
     for r in reports:
         st = states.get(r.model)
         aliases = _state_line(st).split(": ", 1)[1] if st else ""
         rows.append([r.model, r.url, "yes" if r.reachable else "NO", ", ".join(r.loaded), ", ".join(r.loading),
                      "; ".join(f"{v}: {why}" for v, why in r.failed.items()), aliases])
-    _table("model servers", ["model", "server", "up", "loaded", "loading", "failed", "registry"], rows)
+    table("model servers", ["model", "server", "up", "loaded", "loading", "failed", "registry"], rows)
 
 
 @models_app.command("history")
@@ -179,8 +125,8 @@ def models_status(name: Annotated[str | None, typer.Argument(help="One model; de
 def models_history(name: str, limit: int = 20) -> None:
     """Alias moves, newest first."""
     rows = [[e.at, e.alias, e.version or "(cleared)", e.weight, e.actor, e.reason]
-            for e in _platform().registry.history(name, limit=limit)]
-    _table(f"{name} history", ["at", "alias", "version", "weight", "actor", "reason"], rows)
+            for e in platform().registry.history(name, limit=limit)]
+    table(f"{name} history", ["at", "alias", "version", "weight", "actor", "reason"], rows)
 
 
 @models_app.command("register")
@@ -195,11 +141,11 @@ def models_register(
     actor: Actor = "cli",
 ) -> None:
     """Register an artifact directory as a new immutable version."""
-    mv = _platform().registry.register(name, task, artifact_dir, version=version,
+    mv = platform().registry.register(name, task, artifact_dir, version=version,
                                        metrics=json.loads(metrics) if metrics else None,
                                        description=description, actor=actor)
     console.print(f"registered {mv.name}@{mv.version} sha256={mv.sha256[:16]}")
-    _say(f"next: tandem models canary {mv.name} {mv.version} --weight 0.1 --wait   (a running model server "
+    say(f"next: tandem models canary {mv.name} {mv.version} --weight 0.1 --wait   (a running model server "
          "loads it; the gateway sends it 10% of traffic once loaded)")
 
 
@@ -222,7 +168,7 @@ def models_train(
 
     rows = load_labelled(data, text_col=text_col, label_col=label_col)
     console.print(f"training on {len(rows)} rows from {data}")
-    reg = _platform().registry
+    reg = platform().registry
     with tempfile.TemporaryDirectory() as tmp:
         result = train_classifier(rows, Path(tmp) / "clf", epochs=epochs,
                                   progress=lambda m: console.print(f"  {m}", highlight=False))
@@ -236,7 +182,7 @@ def models_train(
         reg.promote(name, mv.version, actor=actor, reason="trained and promoted from the CLI")
         console.print(f"{mv.name}@{mv.version} is now stable")
     else:
-        _say(f"next: tandem models canary {name} {mv.version} --weight 0.1 --wait   (a running model server "
+        say(f"next: tandem models canary {name} {mv.version} --weight 0.1 --wait   (a running model server "
              "loads it; the gateway sends it 10% of traffic once loaded)")
 
 
@@ -279,7 +225,7 @@ def models_shadow(
 ) -> None:
     """Copy traffic to VERSION off the response path."""
     if version is None:
-        _say(_state_line(_platform().registry.set_shadow(name, None, actor=actor, reason=reason)))
+        say(_state_line(platform().registry.set_shadow(name, None, actor=actor, reason=reason)))
         return
     _move_alias(name, version, lambda reg, v: reg.set_shadow(name, v, actor=actor, reason=reason),
                 wait=wait, force=force, timeout=timeout)
@@ -289,7 +235,7 @@ def models_shadow(
 @friendly
 def models_rollback(name: str, actor: Actor = "cli", reason: Reason = None) -> None:
     """Clear the canary, or move stable back to the previous stable version."""
-    _say(_state_line(_platform().registry.rollback(name, actor=actor, reason=reason)))
+    say(_state_line(platform().registry.rollback(name, actor=actor, reason=reason)))
 
 
 # --- workflows -----------------------------------------------------------------------------
@@ -303,7 +249,7 @@ def workflows_list() -> None:
 
     rows = [[w.name, w.version, " → ".join("‖".join(s.id for s in level) for level in w.levels()), w.description]
             for w in load_workflows(settings().workflow_dir).values()]
-    _table("workflows", ["name", "version", "steps (‖ = parallel)", "description"], rows)
+    table("workflows", ["name", "version", "steps (‖ = parallel)", "description"], rows)
 
 
 @workflows_app.command("show")
@@ -330,7 +276,7 @@ def sql(
     limit: Annotated[int, typer.Option(help="Rows shown in table format.")] = 100,
 ) -> None:
     """Run SQL (DuckDB) over the Delta tables, e.g. `tandem sql "SELECT count(*) FROM predictions"`."""
-    result = _platform().lake.sql(query)
+    result = platform().lake.sql(query)
     if format == "json":
         sys.stdout.write(json.dumps(result.to_pylist(), default=str) + "\n")
     elif format == "csv":
@@ -339,127 +285,10 @@ def sql(
         pacsv.write_csv(result, sys.stdout.buffer)
     elif format == "table":
         rows = result.slice(0, limit).to_pylist()
-        _table(f"{result.num_rows} rows", result.column_names, [list(r.values()) for r in rows])
+        table(f"{result.num_rows} rows", result.column_names, [list(r.values()) for r in rows])
     else:
         err.print(f"[red]error:[/red] unknown --format {format!r}; use table, csv or json")
         raise typer.Exit(2)
-
-
-# --- tenants -------------------------------------------------------------------------------
-
-
-def _tenant_store():
-    from models.tenancy import TenantStore
-
-    return TenantStore(settings().tenants_file)
-
-
-def _pins(pin: list[str] | None) -> dict[str, str] | None:
-    if pin is None:
-        return None
-    bad = [p for p in pin if "=" not in p]
-    if bad:
-        from models.errors import TenancyError
-
-        raise TenancyError(f"--pin takes MODEL=VERSION, got {bad[0]!r}")
-    return dict(p.split("=", 1) for p in pin)
-
-
-def _csv(value: str | None) -> list[str] | None:
-    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
-
-
-_SCOPES_HELP = "Comma-separated: predict,jobs,admin"
-_WORKFLOWS_HELP = "Comma-separated workflow names, or *"
-_PII_HELP = "What the request log keeps of inputs: keep, redact, hash or drop."
-
-
-@tenants_app.command("create")
-@friendly
-def tenants_create(
-    tenant_id: str,
-    name: Annotated[str | None, typer.Option(help="Display name (default: the id).")] = None,
-    scopes: Annotated[str, typer.Option(help=_SCOPES_HELP)] = "predict",
-    workflows: Annotated[str, typer.Option(help=_WORKFLOWS_HELP)] = "*",
-    rate: Annotated[float, typer.Option(help="Requests per second (token bucket rate).")] = 20.0,
-    burst: Annotated[int, typer.Option(help="Token bucket size.")] = 40,
-    daily_quota: Annotated[int | None, typer.Option(help="Requests per UTC day (default: unlimited).")] = None,
-    max_in_flight: Annotated[
-        int | None, typer.Option(help="Requests in flight at once per gateway (default: the gateway's).")] = None,
-    retention_days: Annotated[int, typer.Option(help="Days its request/prediction records are kept.")] = 30,
-    pii: Annotated[str, typer.Option(help=_PII_HELP)] = "redact",
-    pin: Annotated[list[str] | None, typer.Option(help="Model pin MODEL=VERSION (repeatable).")] = None,
-) -> None:
-    """Create a tenant and print its API key (shown once)."""
-    _, key = _tenant_store().create(
-        tenant_id, name=name, scopes=set(_csv(scopes)), workflows=_csv(workflows), rate_per_s=rate, burst=burst,
-        daily_quota=daily_quota, max_in_flight=max_in_flight, retention_days=retention_days, pii=pii,
-        model_pins=_pins(pin) or {})
-    console.print(f"tenant {tenant_id} created; API key (store it now, it is not kept):\n{key}", highlight=False)
-
-
-@tenants_app.command("update")
-@friendly
-def tenants_update(
-    tenant_id: str,
-    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
-    scopes: Annotated[str | None, typer.Option(help=_SCOPES_HELP)] = None,
-    workflows: Annotated[str | None, typer.Option(help=_WORKFLOWS_HELP)] = None,
-    rate: Annotated[float | None, typer.Option(help="Requests per second.")] = None,
-    burst: Annotated[int | None, typer.Option(help="Token bucket size.")] = None,
-    daily_quota: Annotated[int | None, typer.Option(help="Requests per UTC day.")] = None,
-    unlimited: Annotated[bool, typer.Option("--unlimited", help="Remove the daily quota.")] = False,
-    max_in_flight: Annotated[int | None, typer.Option(help="Requests in flight at once per gateway.")] = None,
-    retention_days: Annotated[int | None, typer.Option(help="Days its records are kept.")] = None,
-    pii: Annotated[str | None, typer.Option(help=_PII_HELP)] = None,
-    pin: Annotated[list[str] | None, typer.Option(help="Model pin MODEL=VERSION (repeatable; replaces all).")] = None,
-) -> None:
-    """Change some of a tenant's settings (a running gateway picks them up within seconds)."""
-    changes = {"name": name, "scopes": None if scopes is None else set(_csv(scopes)), "workflows": _csv(workflows),
-               "rate_per_s": rate, "burst": burst, "daily_quota": daily_quota, "max_in_flight": max_in_flight,
-               "retention_days": retention_days, "pii": pii, "model_pins": _pins(pin)}
-    changes = {k: v for k, v in changes.items() if v is not None}
-    if unlimited:
-        changes["daily_quota"] = None
-    if not changes:
-        raise typer.BadParameter("nothing to change; pass at least one option (see --help)")
-    tenant = _tenant_store().update(tenant_id, **changes)
-    console.print(f"tenant {tenant.id} updated: {', '.join(sorted(changes))}", highlight=False)
-
-
-@tenants_app.command("list")
-@friendly
-def tenants_list() -> None:
-    """Tenants, their scopes and limits."""
-    rows = [[t.id, ",".join(sorted(t.scopes)), ",".join(t.workflows), t.rate_per_s, t.burst, t.daily_quota,
-             t.max_in_flight, t.retention_days, t.pii, json.dumps(t.model_pins), len(t.key_hashes)]
-            for t in _tenant_store().list()]
-    _table("tenants", ["id", "scopes", "workflows", "rate/s", "burst", "daily quota", "in flight", "retention d",
-                       "pii", "pins", "keys"], rows)
-
-
-@tenants_app.command("show")
-@friendly
-def tenants_show(tenant_id: str) -> None:
-    """One tenant's settings as JSON (key hashes left out)."""
-    tenant = _tenant_store().get(tenant_id)
-    print(tenant.model_dump_json(exclude={"key_hashes"}, indent=2))
-
-
-@tenants_app.command("rotate-key")
-@friendly
-def tenants_rotate(tenant_id: str, keep_old: bool = False) -> None:
-    """Issue a new API key (the old one stops working unless --keep-old)."""
-    key = _tenant_store().rotate_key(tenant_id, keep_old=keep_old)
-    console.print(f"new API key for {tenant_id}:\n{key}", highlight=False)
-
-
-@tenants_app.command("delete")
-@friendly
-def tenants_delete(tenant_id: str) -> None:
-    """Remove a tenant and all its keys (its records stay until retention removes them)."""
-    _tenant_store().delete(tenant_id)
-    console.print(f"tenant {tenant_id} deleted", highlight=False)
 
 
 # --- serving -------------------------------------------------------------------------------
@@ -512,7 +341,7 @@ def up(
         counts[model] = int(n)
     try:
         code = run_platform(settings(), host=host, port=port, dagster_port=dagster_port or None, replicas=counts,
-                            say=_say)
+                            say=say)
     except LauncherError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
