@@ -20,16 +20,11 @@ an all-null output.
 from __future__ import annotations
 
 import asyncio
-import math
-import operator
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-import orjson
 
 from models import fallbacks
 from models.errors import SchemaError
@@ -55,46 +50,15 @@ from online.gateway.problems import (
     UpstreamError,
 )
 from online.gateway.routing import Route, Router
+from online.gateway.steps import (
+    RequestContext,
+    StepReport,
+    both_failed,
+    call_error_type,
+    first_gateway_error,
+    summarize,
+)
 from online.gateway.tracing import child_traceparent
-
-
-@dataclass
-class RequestContext:
-    """Who asks, under which ids and until when."""
-
-    request_id: str
-    trace_id: str
-    traceparent: str
-    tenant: str
-    routing_key: str
-    deadline: float  # on the engine's clock
-    budget_ms: float = 0.0  # the deadline as the caller gave it, for messages
-    tenant_pins: Mapping[str, str] = field(default_factory=dict)
-    explicit_pins: Mapping[str, str] = field(default_factory=dict)  # by step id or model name
-    workflow: str | None = None
-    workflow_version: int | None = None
-
-
-@dataclass
-class StepReport:
-    """What one step did, returned in the response metadata."""
-
-    step: str
-    model: str
-    version: str | None
-    arm: str | None
-    cached: bool = False
-    latency_ms: float = 0.0
-    attempts: int = 0
-    status: str = "ok"  # ok | fallback | skipped
-    degraded: bool = False
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        # Spelled out: dataclasses.asdict deep-copies field by field, a visible cost per request.
-        return {"step": self.step, "model": self.model, "version": self.version, "arm": self.arm,
-                "cached": self.cached, "latency_ms": self.latency_ms, "attempts": self.attempts,
-                "status": self.status, "degraded": self.degraded, "error": self.error}
 
 
 class _StepFailed(Exception):
@@ -174,7 +138,7 @@ class WorkflowEngine:
                 "send a larger X-Deadline-Ms or retry later"
             ) from None
         except BaseExceptionGroup as group_err:
-            first = _first_gateway_error(group_err)
+            first = first_gateway_error(group_err)
             if first is None:
                 raise
             raise first from None
@@ -255,7 +219,7 @@ class WorkflowEngine:
             try:
                 return await self._builtin(step_id, builtin, instances, ctx, timeout_ms, retry, primary)
             except _StepFailed as fb_err:
-                primary = _StepFailed(_both_failed(primary.error, f"builtin:{builtin.builtin}", fb_err.error),
+                primary = _StepFailed(both_failed(primary.error, f"builtin:{builtin.builtin}", fb_err.error),
                                       primary.attempts + fb_err.attempts, fb_err.error_type)
         if fallback is not None and self._time_left(ctx) > 0:
             fb_model, fb_ref = fallback
@@ -271,7 +235,7 @@ class WorkflowEngine:
                 except _StepFailed as fb_err:
                     self._log_failure(ctx, step_id, fb_model, fb_route.version, "fallback", fb_err, instances,
                                       fb_started)
-                    both = _both_failed(primary.error, f"{fb_model}@{fb_route.version}", fb_err.error)
+                    both = both_failed(primary.error, f"{fb_model}@{fb_route.version}", fb_err.error)
                     primary = _StepFailed(both, primary.attempts + fb_err.attempts, fb_err.error_type)
                 else:
                     report = StepReport(step_id, fb_model, fb_route.version, "fallback", cached=cached,
@@ -377,7 +341,7 @@ class WorkflowEngine:
             if left <= 0:
                 raise _StepFailed(DeadlineExceeded(
                     f"step {step_id!r} ran out of the request deadline ({self._deadline_ms(ctx):.0f} ms)"),
-                    attempt - 1, "deadline" if last is None else _error_type(last_exc))
+                    attempt - 1, "deadline" if last is None else call_error_type(last_exc))
             picked = self._pick_replica(model, route.version, avoid=failed)
             if picked is None:
                 wait = min((self.breakers.get(u).retry_after_s() for u in self._replicas().get(model) or []),
@@ -415,7 +379,7 @@ class WorkflowEngine:
             breaker.record_success()
             return reply.outputs, attempt
         raise _StepFailed(last or ServiceUnavailable(f"model {model!r} failed"), attempt,
-                          "unavailable" if last_exc is None else _error_type(last_exc))
+                          "unavailable" if last_exc is None else call_error_type(last_exc))
 
     def _untried(self, model: str, failed: set[str]) -> bool:
         return any(u not in failed for u in self._replicas().get(model) or [])
@@ -475,7 +439,7 @@ class WorkflowEngine:
                 self.metrics.shadow.labels(model, "ok").inc()
             except Exception as exc:  # noqa: BLE001 — a shadow never fails the caller; its failure is logged
                 report.status, report.error = "error", str(exc)[:500]
-                error_type = _error_type(exc) if isinstance(exc, ModelCallError) else "internal"
+                error_type = call_error_type(exc) if isinstance(exc, ModelCallError) else "internal"
                 self.metrics.shadow.labels(model, "error").inc()
             report.latency_ms = (self.clock() - started) * 1000
             self._log(ctx, step_id, report, instances, outputs, error_type)
@@ -520,59 +484,3 @@ class WorkflowEngine:
 
     def _deadline_ms(self, ctx: RequestContext) -> float:
         return ctx.budget_ms
-
-
-def _error_type(exc: ModelCallError) -> str:
-    """The `error_type` of a failed model call: timeout, unavailable (no answer / overloaded) or upstream_error."""
-    if isinstance(exc, CallTimeout):
-        return "timeout"
-    if isinstance(exc, RejectedCall):
-        return "rejected"
-    if exc.status is None or exc.status in (429, 503):
-        return "unavailable"
-    return "upstream_error"
-
-
-def _both_failed(primary: GatewayError, fallback: str, error: GatewayError) -> GatewayError:
-    """The fallback's error (its status decides), its detail naming the primary's failure first."""
-    if type(error) in (ServiceUnavailable, DeadlineExceeded, UpstreamError):
-        return type(error)(f"{primary.detail}; its fallback {fallback} failed too: {error.detail}",
-                           headers=error.headers, extra=error.extra)
-    return error
-
-
-def _first_gateway_error(group: BaseExceptionGroup) -> GatewayError | None:
-    for exc in group.exceptions:
-        if isinstance(exc, GatewayError):
-            return exc
-        if isinstance(exc, BaseExceptionGroup) and (found := _first_gateway_error(exc)) is not None:
-            return found
-    return None
-
-
-def summarize(inp: dict, out: dict | None) -> str:
-    """A small JSON summary of one prediction: enough for drift and canary checks, not the payload."""
-    summary: dict[str, Any] = {}
-    text = inp.get("text") or inp.get("query")
-    if isinstance(text, str):
-        summary["input_chars"] = len(text)
-        summary["input_words"] = len(text.split())
-    if out:
-        if "label" in out:
-            summary["label"] = out["label"]
-            summary["score"] = round(float(out["score"]), 6)
-        elif "embedding" in out:
-            vec = out["embedding"]
-            n = len(vec) or 1
-            mean = math.fsum(vec) / n
-            summary["dim"] = len(vec)
-            summary["mean"] = round(mean, 6)
-            summary["std"] = round(max(0.0, math.fsum(map(operator.mul, vec, vec)) / n - mean * mean) ** 0.5, 6)
-            summary["head"] = [round(v, 5) for v in vec[:4]]
-        elif "results" in out:
-            res = out["results"]
-            summary["n"] = len(res)
-            if res:
-                summary["top_index"] = res[0]["index"]
-                summary["top_score"] = round(float(res[0]["score"]), 6)
-    return orjson.dumps(summary).decode()
