@@ -10,7 +10,8 @@ import dagster as dg
 from assets.partitions import ASYNC_JOBS
 from assets.resources import LakeResource, ModelLoader, RegistryResource, TandemConfig
 from assets.scoring import run_metadata, stable_versions
-from models.executor import get_job, load_job_inputs, run_workflow_batch, update_job, write_job_results
+from models.executor import run_workflow_batch
+from models.jobs import get_job, load_job_inputs, update_job, write_job_results
 
 
 class JobRunConfig(dg.Config):

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from assets.canary_guard import CanaryDecision, canary_decision, evaluations_since
 from assets.partitions import ASYNC_JOBS
 from assets.resources import LakeResource, RegistryResource
-from models.executor import get_job, queued_jobs, update_job
+from models.jobs import get_job, queued_jobs, update_job
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition

@@ -26,7 +26,7 @@ Status codes are chosen here and nowhere else. The errors of the packages below 
     InvalidRegistryOperation                 409    QueryError            422
     RegistryError (any other)                409    LakehouseError        503
     SchemaError / WorkflowError              422
-    TenancyError                             422    models.executor.JobConflictError  409
+    TenancyError                             422    models.jobs.JobConflictError      409
     ArtifactError (DigestMismatchError)      503    online.gateway.client: CallTimeout 504,
                                                     EndpointUnreachable 503, ModelCallError 502
 
@@ -52,7 +52,8 @@ from starlette.responses import Response
 
 from lakehouse import errors as lake_errors
 from models import errors as model_errors
-from models.executor import BatchFailedError, JobConflictError
+from models.executor import BatchFailedError
+from models.jobs import JobConflictError
 from online.gateway import client as model_client
 from online.gateway.tracing import request_id_from
 

@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 from assets import ASYNC_JOBS, async_job_results
-from models.executor import get_job, job_results_page, submit_job
+from models.jobs import get_job, job_results_page, submit_job
 from orchestration.definitions import async_job
 from orchestration.sensors import make_async_jobs_sensor, make_job_failure_sensor
 from tests.integration.dagster_support import make_home

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from lakehouse import Lake
-from models.executor import (
-    BatchResult,
+from models.executor import BatchResult, RowResult
+from models.jobs import (
     JobConflictError,
-    RowResult,
     get_job,
     job_results_page,
     load_job_inputs,

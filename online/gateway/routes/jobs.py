@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.errors import TandemModelError
-from models.executor import JobConflictError, get_job, job_results_page, submit_job
+from models.jobs import JobConflictError, get_job, job_results_page, submit_job
 from online.gateway.api_models import problem_responses
 from online.gateway.deps import Caller, IdempotencyKey, RuntimeDep, scoped
 from online.gateway.execution import validate
