@@ -313,8 +313,8 @@ class RedisIdempotency(IdempotencyBackend):
     async def abandon(self, tenant: str, key: str, body_hash: str) -> None:
         try:
             await self._ops.run("idempotency", self._abandon, [self._key(tenant, key)], [body_hash])
-        except _Unavailable:
-            pass  # the record expires after its lease
+        except _Unavailable:  # nothing to undo here: the record expires after its lease
+            return
 
 
 @dataclass
