@@ -59,6 +59,7 @@ class Child:
     health_url: str
     cwd: Path | None = None
     critical: bool = False  # the platform stops when it is given up on
+    optional: bool = False  # the platform starts (and serves) without it: Dagster
     proc: subprocess.Popen | None = None
     crashes: deque = field(default_factory=deque)
     restart_at: float | None = None
@@ -188,13 +189,16 @@ def _require_free(host: str, port: int, what: str) -> None:
 
 
 def _wait_healthy(children: list[Child], say: Callable[[str], None], timeout_s: float = 300) -> None:
+    """Wait until every child answers its health check; an optional child that fails is left to supervision."""
     deadline = time.monotonic() + timeout_s
     pending = {c.name: c for c in children}
     while pending:
         for name, child in list(pending.items()):
             if child.proc.poll() is not None:
-                if not child.critical and not child.health_url:
-                    say(f"  ✗ {name} exited with code {child.proc.returncode}; continuing without it")
+                if child.optional:
+                    say(f"  ✗ {name} exited with code {child.proc.returncode} while starting; the platform "
+                        "serves without it and restarts it")
+                    _on_exit(child, time.monotonic(), say)
                     del pending[name]
                     continue
                 raise LauncherError(f"{name} exited with code {child.proc.returncode} while starting; "
@@ -204,7 +208,11 @@ def _wait_healthy(children: list[Child], say: Callable[[str], None], timeout_s: 
                 child.healthy = True
                 del pending[name]
         if time.monotonic() > deadline:
-            raise LauncherError(f"not healthy after {timeout_s:.0f} s: {', '.join(pending)}")
+            late = [c for c in pending.values() if not c.optional]
+            if late:
+                raise LauncherError(f"not healthy after {timeout_s:.0f} s: {', '.join(c.name for c in late)}")
+            say(f"  ✗ not healthy after {timeout_s:.0f} s: {', '.join(pending)}; the platform serves without it")
+            return
         if pending:
             time.sleep(0.5)
 
@@ -283,7 +291,7 @@ def _start_dagster(settings: TandemSettings, host: str, port: int, children: lis
     say(f"starting Dagster webserver on {url} and the Dagster daemon")
     for name, command, health in (("dagster webserver", commands["dagster-webserver"], f"{url}/server_info"),
                                   ("dagster daemon", commands["dagster-daemon"], "")):
-        child = Child(name, command, env, health, cwd=settings.dagster_home)
+        child = Child(name, command, env, health, cwd=settings.dagster_home, optional=True)
         child.start()
         children.append(child)
     return url
