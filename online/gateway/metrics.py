@@ -30,7 +30,7 @@ class GatewayMetrics:
         )
         self.cache = Counter("tandem_cache_total", "Prediction cache lookups.", ["model", "result"], registry=r)
         self.breaker_state = Gauge(
-            "tandem_breaker_state", "Circuit breaker state (0 closed, 1 half-open, 2 open).", ["endpoint"],
+            "tandem_breaker_state", "Circuit breaker state per model server (0 closed, 1 half-open, 2 open).", ["endpoint"],
             registry=r,
         )
         self.log_depth = Gauge("tandem_log_buffer_depth", "Prediction-log rows waiting to be written.", registry=r)

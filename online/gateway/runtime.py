@@ -80,6 +80,13 @@ class ServerDirectory:
     def replicas(self) -> Mapping[str, list[str]]:
         return self._replicas
 
+    def label(self, url: str) -> str:
+        """A metrics label for a server that does not reveal its address: `embedder`, `embedder#2`."""
+        for model, urls in self._replicas.items():
+            if url in urls:
+                return model if len(urls) == 1 else f"{model}#{urls.index(url) + 1}"
+        return "unknown"
+
     def __call__(self) -> Mapping[str, str]:
         return self._current
 
@@ -138,7 +145,8 @@ class Runtime:
             coalesce=gateway.coalesce, max_batch_instances=gateway.coalesce_max_instances,
             max_inflight=gateway.coalesce_max_inflight,
             window_s=gateway.coalesce_window_ms / 1000,
-            observe=lambda url, requests, _inputs: self.metrics.model_calls.labels(url).observe(requests))
+            observe=lambda url, requests, _inputs: self.metrics.model_calls.labels(
+                self.servers.label(url)).observe(requests))
         self.breakers = BreakerBoard(failure_threshold=gateway.breaker_failures,
                                      reset_timeout_s=gateway.breaker_reset_s)
         self.cache = PredictionCache(max_entries=gateway.cache_max_entries, max_bytes=gateway.cache_max_bytes,
@@ -223,6 +231,6 @@ class Runtime:
             except Exception:  # keep serving on the last good view; the next poll retries
                 log.exception("registry refresh failed; serving the previous view")
             for key, state in self.breakers.states().items():
-                self.metrics.breaker_state.labels(key).set(state)
+                self.metrics.breaker_state.labels(self.servers.label(key)).set(state)
             if self.log is not None:
                 self.metrics.log_depth.set(self.log.depth)

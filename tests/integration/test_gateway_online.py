@@ -278,7 +278,7 @@ def test_killed_model_server_gives_503_opens_the_breaker_and_recovers(cluster):
         r = run(cluster, "classify", {"text": "down again " + str(time.time())})
         assert r.status_code == 503
         assert "circuit open" in r.json()["detail"]
-        assert 'tandem_breaker_state{endpoint=' in httpx.get(cluster.url + "/metrics").text
+        assert 'tandem_breaker_state{endpoint="classifier"}' in httpx.get(cluster.url + "/metrics").text
     finally:
         for server in servers:
             server.start(cluster.home)

@@ -62,3 +62,17 @@ async def test_a_version_counts_as_loaded_when_any_replica_has_it_and_only_those
     await view.refresh()
     assert view.loaded["emb"] == {"1", "2"}
     assert view.serves("a", "2") and not view.serves("b", "2") and view.serves("b", "1")
+
+
+def test_server_metrics_labels_name_the_model_and_replica_never_the_address(tmp_path):
+    import json
+
+    from online.gateway.runtime import ServerDirectory
+
+    path = tmp_path / "deployments.json"
+    path.write_text(json.dumps({"embedder": ["http://10.0.0.1:8101", "http://10.0.0.2:8101"],
+                                "classifier": "http://10.0.0.3:8102"}))
+    servers = ServerDirectory({}, path)
+    assert servers.label("http://10.0.0.2:8101") == "embedder#2"
+    assert servers.label("http://10.0.0.3:8102") == "classifier"
+    assert servers.label("http://elsewhere") == "unknown"
