@@ -149,31 +149,16 @@ def run_platform(settings: TandemSettings, *, host: str = "127.0.0.1", port: int
 
 
 def served_versions(settings: TandemSettings, summary) -> list[str]:
-    """The versions a server starts with: the aliased ones and any a tenant pins (kept loaded for life).
+    """The versions a server starts with, kept loaded for its life: stable and any a tenant pins.
 
-    Versions that gain an alias later are loaded by the server itself while it runs.
+    A canary or shadow (now or later) is loaded by the server itself from the registry, and released
+    once it loses its alias.
     """
-    state = summary.state
-    wanted = [v for v in (state.stable, state.canary, state.shadow) if v]
-    wanted += [v for v in _tenant_pins(settings, summary.name) if v in summary.versions]
-    return list(dict.fromkeys(wanted))
+    from models.tenancy import load_tenants
 
-
-def _tenant_pins(settings: TandemSettings, model: str) -> list[str]:
-    path = settings.tenants_file
-    if not path.exists():
-        return []
-    import yaml
-
-    doc = yaml.safe_load(path.read_text()) or {}
-    tenants = doc.get("tenants", doc) if isinstance(doc, dict) else {}
-    pins = []
-    for cfg in (tenants.values() if isinstance(tenants, dict) else tenants or []):
-        if isinstance(cfg, dict):
-            pin = (cfg.get("model_pins") or cfg.get("pins") or {}).get(model)
-            if pin:
-                pins.append(str(pin))
-    return pins
+    pins = [t.model_pins.get(summary.name) for t in load_tenants(settings.tenants_file).values()]
+    wanted = [summary.state.stable, *(v for v in pins if v in summary.versions)]
+    return list(dict.fromkeys(v for v in wanted if v))
 
 
 def _require_free(host: str, port: int, what: str) -> None:

@@ -58,3 +58,16 @@ def test_a_required_child_that_dies_while_starting_fails_the_start():
     server.proc.wait()
     with pytest.raises(launcher.LauncherError, match="model server x exited with code 4 while starting"):
         _wait_healthy([server], lambda _: None, timeout_s=5)
+
+
+def test_a_server_starts_with_stable_and_tenant_pins_and_leaves_canary_and_shadow_to_the_registry(tmp_path):
+    from models.registry import AliasState, ModelSummary
+    from models.settings import TandemSettings
+    from models.tenancy import TenantStore
+    from orchestration.launcher import served_versions
+
+    settings = TandemSettings(home=tmp_path)
+    TenantStore(settings.tenants_file).create("acme", scopes={"predict"}, model_pins={"embedder": "1"})
+    summary = ModelSummary("embedder", "embed", ["1", "2", "3", "4"],
+                           AliasState("embedder", stable="2", canary="3", canary_weight=0.1, shadow="4"))
+    assert served_versions(settings, summary) == ["2", "1"]
