@@ -78,3 +78,16 @@ class RedisServer:
 
 def start_redis(tmp_dir: Path, port: int | None = None) -> RedisServer:
     return RedisServer(port or free_port(), tmp_dir).start()
+
+
+async def fresh_replica_states(url: str, n: int = 2, **kwargs):
+    """`n` gateways' shared state on the Redis at `url`, emptied first; close each when done."""
+    import redis.asyncio as aioredis
+    from prometheus_client import CollectorRegistry
+
+    from online.gateway.state import open_state
+
+    admin = aioredis.Redis.from_url(url)
+    await admin.flushall()
+    await admin.aclose()
+    return [open_state(url, registry=CollectorRegistry(), **kwargs) for _ in range(n)]

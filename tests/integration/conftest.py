@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -78,6 +79,21 @@ class Cluster:
     def stop_all(self) -> None:
         for proc in self.procs.values():
             proc.stop()
+
+    def start_servers_and_gateway(self, servers: dict[str, str], log_dir: Path) -> str:
+        """Start a model server per `{model: versions}`, record them in deployments.json, then the gateway.
+
+        Returns the gateway's base URL once everything is healthy.
+        """
+        procs = [self.add(model_server(self.env, self.home, name, versions)).start(log_dir)
+                 for name, versions in servers.items()]
+        for proc in procs:
+            proc.wait_healthy()
+        urls = {name: self.procs[f"server-{name}"].health.removesuffix("/health") for name in servers}
+        (self.home / "deployments.json").write_text(json.dumps(urls))
+        gw = self.add(gateway(self.env, self.home)).start(log_dir)
+        gw.wait_healthy()
+        return gw.health.removesuffix("/healthz")
 
 
 def base_env(home: Path, **extra: str) -> dict:

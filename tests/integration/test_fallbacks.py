@@ -19,10 +19,9 @@ from lakehouse.sql import sql_literal
 from models.corpus import TOPICS
 from models.settings import TandemSettings
 from models.testing import write_tiny_artifact
-from online.gateway.runtime import DEPLOYMENTS_FILE
 from online.gateway.tenants import TenantStore
 from orchestration.bootstrap import Platform
-from tests.integration.conftest import Cluster, base_env, gateway, model_server
+from tests.integration.conftest import Cluster, base_env
 
 pytestmark = pytest.mark.integration
 
@@ -58,14 +57,7 @@ def cluster(tmp_path_factory):
                    TANDEM_GATEWAY_BREAKER_FAILURES="3", TANDEM_GATEWAY_LOG_FLUSH_S="0.3")
     c = Cluster(home, env)
     try:
-        procs = [c.add(model_server(env, home, name, "1")).start(home) for name in USES]
-        for p in procs:
-            p.wait_healthy()
-        urls = {name: c.procs[f"server-{name}"].health.removesuffix("/health") for name in USES}
-        (home / DEPLOYMENTS_FILE).write_text(json.dumps(urls))
-        gw = c.add(gateway(env, home)).start(home)
-        gw.wait_healthy()
-        c.url = gw.health.removesuffix("/healthz")
+        c.url = c.start_servers_and_gateway({name: "1" for name in USES}, home)
         c.key = key
         yield c
     finally:

@@ -16,10 +16,9 @@ import pytest
 
 from models.settings import TandemSettings
 from models.testing import write_tiny_artifact
-from online.gateway.runtime import DEPLOYMENTS_FILE
 from online.gateway.tenants import TenantStore
 from orchestration.bootstrap import Platform
-from tests.integration.conftest import Cluster, base_env, gateway, model_server
+from tests.integration.conftest import Cluster, base_env, gateway
 
 pytestmark = pytest.mark.integration
 LABELS = ["sports", "tech", "finance"]
@@ -56,16 +55,8 @@ def cluster(tmp_path_factory):
                    TANDEM_GATEWAY_BREAKER_FAILURES="3", TANDEM_GATEWAY_LOG_FLUSH_S="0.3",
                    TANDEM_GATEWAY_MAX_BODY_BYTES="65536")
     c = Cluster(home, env)
-    servers = {"embedder": "1,2", "classifier": "1", "reranker": "1"}
     try:
-        procs = [c.add(model_server(env, home, name, versions)).start(home) for name, versions in servers.items()]
-        for p in procs:
-            p.wait_healthy()
-        urls = {name: c.procs[f"server-{name}"].health.removesuffix("/health") for name in servers}
-        (home / DEPLOYMENTS_FILE).write_text(json.dumps(urls))
-        gw = c.add(gateway(env, home)).start(home)
-        gw.wait_healthy()
-        c.url = gw.health.removesuffix("/healthz")
+        c.url = c.start_servers_and_gateway({"embedder": "1,2", "classifier": "1", "reranker": "1"}, home)
         c.keys = keys
         c.registry = reg
         yield c

@@ -9,7 +9,6 @@ rows are missing is a lost record.
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -22,10 +21,9 @@ import pytest
 from lakehouse import Lake
 from models.settings import TandemSettings
 from models.testing import write_tiny_artifact
-from online.gateway.runtime import DEPLOYMENTS_FILE
 from online.gateway.tenants import TenantStore
 from orchestration.bootstrap import Platform
-from tests.integration.conftest import Cluster, base_env, gateway, model_server
+from tests.integration.conftest import Cluster, base_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -50,14 +48,7 @@ def cluster(tmp_path: Path):
     env = base_env(home)  # the gateway's defaults: the log flushes every 2 s and on shutdown
     c = Cluster(home, env)
     try:
-        servers = [c.add(model_server(env, home, name, "1")).start(tmp_path) for name in ("embedder", "classifier")]
-        for p in servers:
-            p.wait_healthy()
-        (home / DEPLOYMENTS_FILE).write_text(json.dumps(
-            {name: c.procs[f"server-{name}"].health.removesuffix("/health") for name in ("embedder", "classifier")}))
-        gw = c.add(gateway(env, home)).start(tmp_path)
-        gw.wait_healthy()
-        c.url = gw.health.removesuffix("/healthz")
+        c.url = c.start_servers_and_gateway({"embedder": "1", "classifier": "1"}, tmp_path)
         c.key = key
         c.settings = settings
         yield c

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from online.gateway.idempotency import IdempotencyBackend, IdempotencyStore, StoredResponse
 from online.gateway.problems import Conflict, InvalidInput, ServiceUnavailable
 from online.gateway.state import open_state
-from tests.redis_support import free_port, start_redis
+from tests.redis_support import free_port, fresh_replica_states, start_redis
 
 
 class FakeClock:
@@ -221,12 +221,7 @@ def redis_server(tmp_path_factory):
 
 @pytest.fixture
 async def replicas(redis_server):
-    import redis.asyncio as aioredis
-
-    admin = aioredis.Redis.from_url(redis_server.url)
-    await admin.flushall()
-    await admin.aclose()
-    states = [open_state(redis_server.url, registry=CollectorRegistry(), lease_s=5) for _ in range(2)]
+    states = await fresh_replica_states(redis_server.url, lease_s=5)
     yield [s.idempotency for s in states]
     for s in states:
         await s.close()

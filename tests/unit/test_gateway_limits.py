@@ -23,7 +23,7 @@ from online.gateway.limits import (
 )
 from online.gateway.problems import QuotaExceeded, RateLimited, problem_response
 from online.gateway.state import open_state
-from tests.redis_support import free_port, start_redis
+from tests.redis_support import free_port, fresh_replica_states, start_redis
 
 
 class FakeClock:
@@ -223,12 +223,7 @@ def redis_server(tmp_path_factory):
 @pytest.fixture
 async def replicas(redis_server):
     """Two gateways' shared state on one Redis, emptied first."""
-    import redis.asyncio as aioredis
-
-    admin = aioredis.Redis.from_url(redis_server.url)
-    await admin.flushall()
-    await admin.aclose()
-    states = [open_state(redis_server.url, registry=CollectorRegistry()) for _ in range(2)]
+    states = await fresh_replica_states(redis_server.url)
     yield states
     for s in states:
         await s.close()
