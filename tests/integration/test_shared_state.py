@@ -74,6 +74,7 @@ def run(url, key, text, headers=None, timeout=30.0):
 def test_one_rate_limit_across_two_replicas(pair):
     """10/s with a burst of 10 through both gateways for 10 s: ~110 accepted in all, not ~220."""
     counts: dict[int, int] = {}
+    unexpected: list[str] = []
     lock = threading.Lock()
     stop_at = time.monotonic() + 10.0
 
@@ -85,15 +86,18 @@ def test_one_rate_limit_across_two_replicas(pair):
                 r = client.post(f"{url}/v1/workflows/classify/run", json={"input": {"text": f"rate {i}"}})
                 with lock:
                     counts[r.status_code] = counts.get(r.status_code, 0) + 1
+                    if r.status_code not in (200, 429):
+                        unexpected.append(f"{r.status_code} {r.text[:300]}")
                 if r.status_code == 429:
                     assert int(r.headers["retry-after"]) >= 1
-                    time.sleep(0.02)
+                    time.sleep(0.1)  # a polite client; still ~60 requests/s offered in all
 
-    # Each accepted request takes ~300 ms at the model: 8 clients per replica offer ~50 requests/s.
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(hammer, pair.urls * 8))
+    # Each accepted request takes ~300 ms at the model; 6 clients per replica offer far more than 10/s
+    # without saturating a 2-core machine (which would time model calls out, not test the limit).
+    with ThreadPoolExecutor(12) as pool:
+        list(pool.map(hammer, pair.urls * 6))
     print(f"two replicas, 10 s at 10/s burst 10: {counts}")
-    assert set(counts) <= {200, 429}, counts
+    assert set(counts) <= {200, 429}, (counts, unexpected[:5])
     assert 80 <= counts.get(200, 0) <= 140, counts
     assert counts.get(429, 0) > 0
 
