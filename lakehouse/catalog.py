@@ -72,6 +72,36 @@ CATALOG: dict[str, TableDef] = {
             description="Every model call of every online request (the prediction log).",
         ),
         TableDef(
+            "requests",
+            _schema(
+                ("request_id", pa.string(), False),
+                ("tenant", pa.string(), False),
+                ("day", pa.date32(), False),
+                ("ts", _TS, False),
+                ("kind", pa.string(), False),  # sync | job_item
+                ("route", pa.string(), True),  # the route template, e.g. /v1/workflows/{name}/run
+                ("job_id", pa.string(), True),  # job items only
+                ("item", pa.int64(), True),  # the item's index in its job
+                ("workflow", pa.string(), True),
+                ("workflow_version", pa.int32(), True),
+                ("steps", pa.string(), True),  # JSON [{step, model, version, arm, status, error_type, cached}]
+                ("status", pa.string(), False),  # ok | degraded | error
+                ("problem_type", pa.string(), True),  # the problem+json type of an error
+                ("http_status", pa.int32(), True),
+                ("latency_ms", pa.float64(), True),
+                ("trace_id", pa.string(), True),
+                ("pii_policy", pa.string(), False),  # keep | redact | hash | drop: how `input` was stored
+                ("input", pa.string(), True),  # JSON, as the tenant's PII policy allows (null for drop)
+                ("input_hash", pa.string(), True),  # keyed hash of the raw input (joins equal inputs)
+                ("output", pa.string(), True),  # JSON final output, embedding vectors left out
+                ("embeddings", pa.list_(pa.list_(pa.float32())), True),  # the final output's vectors
+            ),
+            partition_by=("tenant", "day"),
+            keys=("request_id",),
+            description="One row per online request and per async-job item: what was asked, by whom, "
+                        "through which versions, and the final answer.",
+        ),
+        TableDef(
             "batch_predictions",
             _schema(
                 ("day", pa.date32(), False),
