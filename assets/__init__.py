@@ -6,7 +6,8 @@
     canary_evaluation    canary vs stable (+ check `canary_guardrails`: the guard decision, WARN on rollback)
     drift_report         daily PSI per model version (+ check `drift_within_thresholds`)
     async_job_results    one dynamic partition per async job
-    lake_compaction, prediction_retention   maintenance
+    replay_evaluation    logged requests replayed through a candidate version (the offline gate)
+    lake_compaction, tenant_retention   maintenance
 
 Asset and resource modules do not use `from __future__ import annotations`: Dagster resolves
 `Config` and resource parameters from the annotations when the decorators run.
@@ -16,15 +17,16 @@ from assets.canary import canary_evaluation, canary_guardrails
 from assets.documents import documents
 from assets.drift import drift_report
 from assets.jobs import async_job_results
-from assets.maintenance import lake_compaction, prediction_retention
+from assets.maintenance import lake_compaction, tenant_retention
 from assets.partitions import ASYNC_JOBS, DAILY
+from assets.replay import replay_evaluation
 from assets.resources import LakeResource, ModelLoader, RegistryResource, TandemConfig, build_resources
 from assets.scoring import batch_predictions
 from assets.training import classifier_training
 
 ALL_ASSETS = [
     documents, batch_predictions, classifier_training, canary_evaluation, drift_report, async_job_results,
-    lake_compaction, prediction_retention,
+    lake_compaction, tenant_retention, replay_evaluation,
 ]
 ALL_CHECKS = [canary_guardrails]
 
@@ -46,5 +48,6 @@ __all__ = [
     "documents",
     "drift_report",
     "lake_compaction",
-    "prediction_retention",
+    "replay_evaluation",
+    "tenant_retention",
 ]

@@ -25,6 +25,7 @@ from assets.training import labelled_documents
 from lakehouse import Lake
 from models.corpus import generate_demo_corpus
 from models.executor import OpResolver
+from models.gate import GateVerdict, gate_verdict
 from models.registry import AliasState
 
 
@@ -93,14 +94,25 @@ def evaluation_rows(lake: Lake, task: str, size: int, seed: int = 1) -> list[dic
 
 
 def evaluate_canary(
-    lake: Lake, state: AliasState, task: str, resolve: OpResolver, cfg: CanaryConfig, run_id: str, now: datetime
+    lake: Lake, state: AliasState, task: str, resolve: OpResolver, cfg: CanaryConfig, run_id: str, now: datetime,
+    gate: GateVerdict | None = None,
 ) -> dict[str, Any]:
-    """One `canary_evaluations` row for `state`'s active canary: the evidence and the decision."""
+    """One `canary_evaluations` row for `state`'s active canary: the evidence and the decision.
+
+    `gate` is the canary's offline evaluation (models.gate): reported in the evidence; a canary whose
+    offline evaluations all failed (it was forced past the gate) is held: never advanced nor promoted.
+    """
     start = now - timedelta(minutes=cfg.window_minutes)
     arms, sum_s, sum_c = live_arms(lake, state.name, state.stable, state.canary, start, now)
     rep = replay(task, state.name, state.stable, state.canary, evaluation_rows(lake, task, cfg.eval_size), resolve,
                  batch_size=cfg.batch_size, top_k=cfg.top_k, candidates=cfg.rerank_candidates)
     j = judge(arms, rep, cfg)
+    if gate is not None:
+        j.evidence["offline_gate"] = gate.as_dict()
+        if gate.evaluations and not gate.passed:
+            j.holds.append(f"offline evaluation failed ({gate.summary}): held until "
+                           f"`tandem replay {state.name} --candidate {state.canary}` passes")
+            j.decision = "rollback" if j.breaches else "hold"
     row = evaluation_row(state, arms, rep, j, label_distance(sum_s, sum_c), start, now, run_id)
     # The move the guard sensor will make (same ladder), reported with the evidence.
     move = canary_decision(state, [*evaluations_since(lake, state), row], cfg.ladder, cfg.passes_required,
@@ -151,7 +163,8 @@ def canary_evaluation(
     tasks = {m.name: m.task for m in reg.list_models()}
     active = [st for st in reg.states().values() if st.canary is not None and st.stable is not None]
     now = datetime.now(UTC)
-    rows = [evaluate_canary(the_lake, st, tasks[st.name], models.resolver(registry), config, context.run.run_id, now)
+    rows = [evaluate_canary(the_lake, st, tasks[st.name], models.resolver(registry), config, context.run.run_id, now,
+                            gate_verdict(reg, the_lake, st.name, st.canary))
             for st in sorted(active, key=lambda s: s.name)]
     if rows:
         the_lake.append("canary_evaluations", rows)
@@ -178,7 +191,8 @@ def canary_guardrails(context: dg.AssetCheckExecutionContext, lake: LakeResource
     metadata: dict[str, Any] = {"evaluated": len(rows)}
     for r in rows:
         metadata[f"{r['model']}@{r['canary_version']}"] = {k: r[k] for k in _SHOWN} | {
-            "reasons": json.loads(r["reasons"]) if r["reasons"] else []}
+            "reasons": json.loads(r["reasons"]) if r["reasons"] else [],
+            "offline_gate": json.loads(r["evidence"] or "{}").get("offline_gate")}
     for action in ("rollback", "hold", "advance", "promote"):
         metadata[action] = sorted(f"{r['model']}@{r['canary_version']}" for r in rows if r["guard_action"] == action)
     description = "; ".join(f"{r['model']}@{r['canary_version']}: {r['guard_action']}"

@@ -38,7 +38,7 @@ from lakehouse import Lake
 from models.registry import AliasState
 
 __all__ = ["Arm", "CanaryDecision", "Judgement", "canary_decision", "evaluation_decision", "evaluations_since",
-           "judge"]
+           "judge", "judge_replay"]
 
 
 class Guardrails(Protocol):
@@ -91,6 +91,15 @@ def judge(arms: dict[str, Arm], rep: Replay, cfg: Guardrails) -> Judgement:
     ev = j.evidence
     ev["confidence"] = cfg.confidence
     _judge_live(arms, cfg, j)
+    _judge_replay(rep, cfg, j)
+    j.decision = "rollback" if j.breaches else "hold" if j.holds else "pass"
+    return j
+
+
+def judge_replay(rep: Replay, cfg: Guardrails) -> Judgement:
+    """Decide from a replay alone (the offline gate before traffic): its agreement and accuracy guardrails."""
+    j = Judgement("pass", notes=list(rep.notes))
+    j.evidence["confidence"] = cfg.confidence
     _judge_replay(rep, cfg, j)
     j.decision = "rollback" if j.breaches else "hold" if j.holds else "pass"
     return j

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.executor import BatchFailedError, OpResolver, RowResult, run_workflow_batch
+from models.executor import BatchFailedError, OpResolver, run_workflow_batch
 from models.workflows import parse_workflow
 
-__all__ = ["REPLAY_TASKS", "Replay", "replay", "rerank_queries"]
+__all__ = ["REPLAY_TASKS", "Replay", "compare_outputs", "replay", "rerank_queries", "run_version"]
 
 _INPUTS = {
     "embed": ({"text": "str"}, {"text": "$input.text"}, {"embedding": "$probe.embedding"}),
-    "classify": ({"text": "str"}, {"text": "$input.text"}, {"label": "$probe.label"}),
+    "classify": ({"text": "str"}, {"text": "$input.text"}, {"label": "$probe.label", "scores": "$probe.scores"}),
     "rerank": ({"query": "str", "documents": {"type": "list[str]", "max_items": 256}},
                {"query": "$input.query", "documents": "$input.documents"}, {"results": "$probe.results"}),
 }
@@ -56,6 +56,48 @@ def rerank_queries(rows: Sequence[dict], candidates: int = 8) -> list[dict]:
     return out
 
 
+def run_version(task: str, model: str, version: str, inputs: Sequence[dict], resolve: OpResolver,
+                *, batch_size: int = 64) -> list[dict | None]:
+    """`inputs` (the task's input fields) through one version of `model` in-process; None where an item failed.
+
+    Raises `BatchFailedError` when every item fails.
+    """
+    input_types, step_inputs, output = _INPUTS[task]
+    spec = parse_workflow({
+        "name": f"canary-probe-{task}", "version": 1, "input": input_types,
+        "steps": [{"id": "probe", "model": model, "task": task, "inputs": step_inputs, "retry": {"attempts": 1}}],
+        "output": output,
+    })
+    rows = run_workflow_batch(spec, list(inputs), resolve, {model: version}, batch_size=batch_size).rows
+    return [r.output for r in rows]
+
+
+def compare_outputs(task: str, base: Sequence[dict | None], cand: Sequence[dict | None],
+                    labels: Sequence[str | None] | None = None, *, top_k: int = 3, result: Replay | None = None
+                    ) -> Replay:
+    """Compare aligned baseline and candidate outputs item by item (a missing baseline is skipped, a
+    missing candidate output disagrees); see the module docstring."""
+    result = result or Replay(task)
+    for i, (b, c_out) in enumerate(zip(base, cand)):
+        if b is None:
+            continue  # the baseline failed on this item: nothing to compare with
+        result.n += 1
+        if task == "embed":
+            result.cosines.append(_cosine(b["embedding"], c_out["embedding"]) if c_out else 0.0)
+        elif task == "classify":
+            result.agree.append(c_out is not None and c_out["label"] == b["label"])
+            label = labels[i] if labels is not None else None
+            if label is not None:
+                result.correct_stable.append(b["label"] == label)
+                result.correct_canary.append(c_out is not None and c_out["label"] == label)
+        else:
+            top_b = [r["index"] for r in b["results"][:top_k]]
+            top_c = [r["index"] for r in c_out["results"][:top_k]] if c_out else []
+            result.agree.append(bool(top_c) and bool(top_b) and top_b[0] == top_c[0])
+            result.topk_overlap.append(len(set(top_b) & set(top_c)) / max(1, len(top_b)))
+    return result
+
+
 def replay(task: str, model: str, stable: str, canary: str, rows: Sequence[dict], resolve: OpResolver,
            *, batch_size: int = 64, top_k: int = 3, candidates: int = 8) -> Replay:
     """Run `rows` through both versions of `model` and compare them; see the module docstring.
@@ -70,39 +112,15 @@ def replay(task: str, model: str, stable: str, canary: str, rows: Sequence[dict]
     if not rows:
         result.notes.append("no evaluation rows")
         return result
-    input_types, step_inputs, output = _INPUTS[task]
-    spec = parse_workflow({
-        "name": f"canary-probe-{task}", "version": 1, "input": input_types,
-        "steps": [{"id": "probe", "model": model, "task": task, "inputs": step_inputs, "retry": {"attempts": 1}}],
-        "output": output,
-    })
     inputs = rerank_queries(rows, candidates) if task == "rerank" else [{"text": r["text"]} for r in rows]
-    base = run_workflow_batch(spec, inputs, resolve, {model: stable}, batch_size=batch_size).rows
+    base = run_version(task, model, stable, inputs, resolve, batch_size=batch_size)
     try:
-        cand: list[RowResult | None] = run_workflow_batch(spec, inputs, resolve, {model: canary},
-                                                          batch_size=batch_size).rows
+        cand: list[dict | None] = run_version(task, model, canary, inputs, resolve, batch_size=batch_size)
     except BatchFailedError as exc:
         cand = [None] * len(inputs)
         result.notes.append(f"canary failed on every evaluation row: {exc}")
-    for i, (b, c) in enumerate(zip(base, cand)):
-        if b.output is None:
-            continue  # stable failed on this item: nothing to compare with
-        c_out = c.output if c is not None else None
-        result.n += 1
-        if task == "embed":
-            result.cosines.append(_cosine(b.output["embedding"], c_out["embedding"]) if c_out else 0.0)
-        elif task == "classify":
-            result.agree.append(c_out is not None and c_out["label"] == b.output["label"])
-            label = rows[i].get("label")
-            if label is not None:
-                result.correct_stable.append(b.output["label"] == label)
-                result.correct_canary.append(c_out is not None and c_out["label"] == label)
-        else:
-            top_b = [r["index"] for r in b.output["results"][:top_k]]
-            top_c = [r["index"] for r in c_out["results"][:top_k]] if c_out else []
-            result.agree.append(bool(top_c) and top_b[0] == top_c[0])
-            result.topk_overlap.append(len(set(top_b) & set(top_c)) / max(1, len(top_b)))
-    return result
+    labels = [r.get("label") for r in rows] if task == "classify" else None
+    return compare_outputs(task, base, cand, labels, top_k=top_k, result=result)
 
 
 def _cosine(a: list[float], b: list[float]) -> float:

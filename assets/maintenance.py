@@ -1,11 +1,15 @@
-"""Maintenance: compaction + vacuum of every Delta table, and per-tenant retention of the prediction log."""
+"""Maintenance: compaction + vacuum of every Delta table, and per-tenant retention of every table with tenant data."""
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 
 import dagster as dg
 
+from assets.partitions import ASYNC_JOBS
 from assets.resources import LakeResource, TandemConfig
-from lakehouse import CATALOG, Lake, compact, delete_older_than, sql_literal, vacuum
+from lakehouse import CATALOG, compact, vacuum
+from lakehouse.retention import apply_retention, retention_plan
+
+__all__ = ["RetentionConfig", "VacuumConfig", "apply_retention", "lake_compaction", "retention_plan", "tenant_retention"]
 
 
 class VacuumConfig(dg.Config):
@@ -16,24 +20,9 @@ class VacuumConfig(dg.Config):
 
 
 class RetentionConfig(dg.Config):
-    """Days of `predictions` kept for tenants without a `retention_days` in the tenant file."""
+    """Days of tenant records kept for tenants without a `retention_days` in the tenant file."""
 
     default_retention_days: int = 30
-
-
-def retention_plan(retention: dict[str, int], default_days: int, today: date) -> list[tuple[date, str]]:
-    """(cutoff day, Delta predicate on tenant) pairs: one per listed tenant, one for everyone else."""
-    plan = [(today - timedelta(days=days), f"tenant = {sql_literal(tenant)}")
-            for tenant, days in sorted(retention.items())]
-    others = f"tenant NOT IN ({', '.join(sql_literal(t) for t in sorted(retention))})" if retention else "true"
-    plan.append((today - timedelta(days=default_days), others))
-    return plan
-
-
-def apply_retention(lake: Lake, retention: dict[str, int], default_days: int, today: date) -> dict[str, int]:
-    """Delete prediction rows past each tenant's retention; returns rows deleted per predicate."""
-    return {where: delete_older_than(lake, "predictions", "day", cutoff, where=where)
-            for cutoff, where in retention_plan(retention, default_days, today)}
 
 
 @dg.asset(group_name="maintenance", kinds={"delta"})
@@ -54,14 +43,20 @@ def lake_compaction(context: dg.AssetExecutionContext, config: VacuumConfig, lak
 
 
 @dg.asset(group_name="maintenance", kinds={"delta"})
-def prediction_retention(
+def tenant_retention(
     context: dg.AssetExecutionContext, config: RetentionConfig, tandem: TandemConfig, lake: LakeResource
 ) -> dg.MaterializeResult:
-    """The prediction log trimmed to each tenant's `retention_days` (from the tenant file)."""
+    """Every table's tenant records (requests, predictions, jobs and their inputs and results) trimmed to each
+    tenant's `retention_days`; the expired jobs' dynamic partitions removed."""
     retention = tandem.tenant_retention()
-    deleted = apply_retention(lake.lake(), retention, config.default_retention_days, datetime.now(UTC).date())
-    context.log.info(f"deleted {sum(deleted.values())} prediction rows past retention")
+    report = apply_retention(lake.lake(), retention, config.default_retention_days, datetime.now(UTC).date())
+    existing = set(context.instance.get_dynamic_partitions(ASYNC_JOBS.name))
+    gone = [job_id for job_id in report.expired_jobs if job_id in existing]
+    for job_id in gone:
+        context.instance.delete_dynamic_partition(ASYNC_JOBS.name, job_id)
+    context.log.info(f"deleted past retention: {report.deleted}; {len(gone)} job partitions removed")
     return dg.MaterializeResult(metadata={
-        "deleted_rows": sum(deleted.values()), "by_predicate": deleted, "tenants": retention,
+        "deleted_rows": sum(report.deleted.values()), "deleted_by_table": report.deleted,
+        "by_predicate": report.by_predicate, "job_partitions_removed": len(gone), "tenants": retention,
         "default_retention_days": config.default_retention_days,
     })

@@ -193,6 +193,38 @@ CATALOG: dict[str, TableDef] = {
             description="Canary-versus-stable comparisons: the evidence, the decision and the guard's move.",
         ),
         TableDef(
+            "replay_evaluations",
+            _schema(
+                ("replay_id", pa.string(), False),
+                ("model", pa.string(), False),
+                ("task", pa.string(), False),
+                ("candidate_version", pa.string(), False),
+                ("baseline_versions", pa.string(), True),  # JSON list: the versions that answered the log
+                ("filters", pa.string(), True),  # JSON {since, tenant, limit}
+                ("tenant", pa.string(), True),  # the tenant filter (purge removes its evaluations)
+                ("n_replayed", pa.int64(), False),
+                ("n_skipped", pa.int64(), False),
+                ("skipped", pa.string(), True),  # JSON {reason: count}
+                ("agreement", pa.float64(), True),  # cosine (embed), label (classify), top-1 (rerank)
+                ("agreement_upper", pa.float64(), True),  # its upper confidence bound (the guard's statistic)
+                ("topk_overlap", pa.float64(), True),  # rerank
+                ("score_distance", pa.float64(), True),  # mean per-item distance of scores / vectors
+                ("candidate_p50_ms", pa.float64(), True),  # in-process, per item
+                ("candidate_p95_ms", pa.float64(), True),
+                ("logged_p50_ms", pa.float64(), True),  # the logged requests' latency (over HTTP)
+                ("logged_p95_ms", pa.float64(), True),
+                ("confidence", pa.float64(), True),
+                ("passed", pa.bool_(), False),
+                ("reasons", pa.string(), True),  # JSON list
+                ("run_id", pa.string(), True),
+                ("evaluated_at", _TS, False),
+                ("evidence", pa.string(), True),  # JSON: every number the decision used
+            ),
+            keys=("replay_id",),
+            description="Logged requests replayed through a candidate version before it takes traffic "
+                        "(aggregates only: no inputs or outputs).",
+        ),
+        TableDef(
             "drift_metrics",
             _schema(
                 ("day", pa.date32(), False),

@@ -9,7 +9,8 @@
     │   ├── UnknownModelError       no model of that name
     │   ├── UnknownVersionError     no such version (or alias) of a model
     │   ├── SchemaHashMismatchError a version's schema hash differs from its task's contract
-    │   └── InvalidRegistryOperation  e.g. canary weight outside [0, 1], rollback with no history
+    │   ├── InvalidRegistryOperation  e.g. canary weight outside [0, 1], rollback with no history
+    │   └── UnevaluatedVersionError   no passing offline evaluation: refused before traffic (models.gate)
     ├── WorkflowError               a workflow spec is invalid (names the step) or unknown
     └── TenancyError                tenant configuration is invalid, or no tenant of that name
         └── UnknownTenantError      no tenant of that name
@@ -56,6 +57,10 @@ class SchemaHashMismatchError(RegistryError):
 
 class InvalidRegistryOperation(RegistryError):
     """The operation is not allowed in the registry's current state."""
+
+
+class UnevaluatedVersionError(RegistryError):
+    """A version has no passing offline evaluation, so it may not take traffic (unless forced with a reason)."""
 
 
 class WorkflowError(TandemModelError):

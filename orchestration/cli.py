@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from orchestration._cli_common import Actor, Reason, console, err, friendly, platform, say, settings, table
+from orchestration.cli_replay import replay
 from orchestration.cli_tenants import tenants_app
 
 app = typer.Typer(help="Tandem: ML inference orchestration, online and batch.", no_args_is_help=True,
@@ -23,6 +24,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(workflows_app, name="workflows")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(serve_app, name="serve")
+app.command()(replay)
 
 def _state_line(state) -> str:
     """One readable line for a model's alias state, e.g. `classifier: stable 1 · canary 2 at 10% · no shadow`."""
@@ -204,11 +206,20 @@ def models_canary(
     actor: Actor = "cli",
     reason: Reason = None,
     wait: Wait = False,
-    force: Force = False,
+    force: Annotated[bool, typer.Option(help="Move it anyway: past the offline gate (needs --reason, recorded) "
+                                             "and with no running model server to serve it.")] = False,
     timeout: WaitTimeout = 300,
 ) -> None:
-    """Route WEIGHT of traffic (sticky per routing key) to VERSION."""
-    _move_alias(name, version, lambda reg, v: reg.set_canary(name, v, weight, actor=actor, reason=reason),
+    """Route WEIGHT of traffic (sticky per routing key) to VERSION, once it passed an offline evaluation."""
+    from models.gate import require_evaluation
+
+    p = platform()
+    verdict, why = require_evaluation(p.registry, p.lake, name, version, force=force, reason=reason)
+    if verdict.passed:
+        say(f"offline gate: [green]passed[/green] ({verdict.summary})")
+    else:
+        say(f"offline gate: [yellow]forced[/yellow] ({verdict.summary}); the reason is recorded in the history")
+    _move_alias(name, version, lambda reg, v: reg.set_canary(name, v, weight, actor=actor, reason=why),
                 wait=wait, force=force, timeout=timeout)
 
 

@@ -124,3 +124,50 @@ def tenants_delete(tenant_id: str) -> None:
     _tenant_store().delete(tenant_id)
     console.print(f"tenant {tenant_id} deleted", highlight=False)
 
+
+
+def _remove_job_partitions(job_ids: list[str]) -> str:
+    """Delete the async-job dynamic partitions of `job_ids` from this home's Dagster instance."""
+    home = settings().dagster_home
+    if not (home / "dagster.yaml").exists():
+        return f"no Dagster instance at {home}: no job partitions to remove"
+    from dagster import DagsterInstance
+
+    from assets.partitions import ASYNC_JOBS
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        existing = set(instance.get_dynamic_partitions(ASYNC_JOBS.name))
+        gone = [j for j in job_ids if j in existing]
+        for job_id in gone:
+            instance.delete_dynamic_partition(ASYNC_JOBS.name, job_id)
+        left = len(set(job_ids) & set(instance.get_dynamic_partitions(ASYNC_JOBS.name)))
+    return f"removed {len(gone)} async-job partition(s) from Dagster; {left} left"
+
+
+@tenants_app.command("purge")
+@friendly
+def tenants_purge(
+    tenant_id: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete every record of a tenant from every table, vacuum the old files, and prove nothing is left."""
+    from lakehouse.retention import JOB_TABLES, TENANT_TABLES, purge_tenant
+    from orchestration._cli_common import platform, say
+
+    tables = ", ".join([*TENANT_TABLES, *JOB_TABLES])
+    if not yes and not typer.confirm(f"Delete every record of tenant {tenant_id!r} from {tables}, and the old "
+                                     "files holding them (no time travel back)?"):
+        raise typer.Exit(1)
+    report = purge_tenant(platform().lake, tenant_id)
+    say(_remove_job_partitions(report.job_ids))
+    rows = [[name, report.deleted.get(name, 0), report.files_removed.get(name, 0), report.remaining_rows.get(name),
+             "not checked (object store)" if report.remaining_files.get(name, 0) is None
+             else report.remaining_files.get(name)] for name in report.deleted]
+    table(f"purge of tenant {tenant_id} ({len(report.job_ids)} jobs)",
+          ["table", "rows deleted", "files vacuumed", "rows left (SQL count)", "files on disk still holding its rows"],
+          rows)
+    if not report.clean:
+        console.print(f"[red]error:[/red] tenant {tenant_id!r} still has records: {report.remaining_rows} "
+                      f"(files: {report.remaining_files})", highlight=False)
+        raise typer.Exit(1)
+    say(f"[green]purged:[/green] every table counts 0 rows of {tenant_id!r} and no file on disk holds one")

@@ -24,7 +24,7 @@ from assets import (
     documents,
     drift_report,
     lake_compaction,
-    prediction_retention,
+    tenant_retention,
 )
 from orchestration.schedules import CanaryLoop, make_schedules
 from orchestration.sensors import (
@@ -57,8 +57,8 @@ async_job = dg.define_asset_job(
     description="Run one async job (its partition is the job id).",
 )
 maintenance_job = dg.define_asset_job(
-    "maintenance", selection=[lake_compaction, prediction_retention], executor_def=dg.in_process_executor,
-    description="Compact and vacuum every table; apply per-tenant retention to the prediction log.",
+    "maintenance", selection=[lake_compaction, tenant_retention], executor_def=dg.in_process_executor,
+    description="Compact and vacuum every table; apply per-tenant retention to every table with tenant data.",
 )
 
 

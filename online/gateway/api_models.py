@@ -136,6 +136,8 @@ class CanaryBody(_Body):
     version: str
     weight: float = Field(ge=0.0, le=1.0, description="Share of traffic routed to the canary, 0..1.")
     reason: str | None = None
+    force: bool = Field(default=False, description="Past the offline gate without a passing evaluation; "
+                                                   "needs a `reason`, recorded in the history.")
 
 
 class ReasonBody(_Body):

@@ -24,6 +24,7 @@ Status codes are chosen here and nowhere else. The errors of the packages below 
     UnknownTaskError / UnknownTenantError    404    SchemaMismatchError   422
     SchemaHashMismatchError                  409    CommitConflictError   503 Retry-After: 1
     InvalidRegistryOperation                 409    QueryError            422
+    UnevaluatedVersionError (models.gate)    409
     RegistryError (any other)                409    LakehouseError        503
     SchemaError / WorkflowError              422
     TenancyError                             422    models.jobs.JobConflictError      409
@@ -260,6 +261,7 @@ DOMAIN_ERRORS: dict[type[BaseException], tuple[int, str, dict[str, str]]] = {
     model_errors.UnknownTenantError: (404, "unknown-tenant", {}),
     model_errors.SchemaHashMismatchError: (409, "schema-hash-mismatch", {}),
     model_errors.InvalidRegistryOperation: (409, "invalid-registry-operation", {}),
+    model_errors.UnevaluatedVersionError: (409, "unevaluated-version", {}),
     model_errors.RegistryError: (409, "registry-conflict", {}),
     model_errors.SchemaError: (422, "schema-mismatch", {}),
     model_errors.WorkflowError: (422, "invalid-workflow", {}),

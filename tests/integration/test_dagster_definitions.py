@@ -8,7 +8,7 @@ import dagster as dg
 import pyarrow.compute as pc
 import pytest
 
-from assets import classifier_training, lake_compaction, prediction_retention
+from assets import classifier_training, lake_compaction, tenant_retention
 from models.settings import TandemSettings
 from online.gateway.tenants import TenantStore
 from orchestration.dagster_home import dagster_commands, prepare_dagster_home
@@ -57,7 +57,7 @@ def test_retention_keeps_each_tenants_days_and_maintenance_compacts(tmp_path):
                                                             seed=age))
 
     with dg.instance_for_test() as instance:
-        result = dg.materialize([prediction_retention, lake_compaction], resources=home.resources,
+        result = dg.materialize([tenant_retention, lake_compaction], resources=home.resources,
                                 instance=instance)
 
     left = home.lake.read("predictions")

@@ -125,5 +125,6 @@ def test_without_a_tenant_file_the_default_retention_applies_to_every_tenant(tmp
         *prediction_rows(model="m", version="1", arm="stable", day=today - timedelta(days=40), n=3, tenant="a"),
         *prediction_rows(model="m", version="1", arm="stable", day=today - timedelta(days=2), n=2, tenant="b"),
     ])
-    assert apply_retention(lake, {}, 30, today) == {"true": 3}
+    report = apply_retention(lake, {}, 30, today)
+    assert report.deleted["predictions"] == 3 and report.by_predicate["true"]["predictions"] == 3
     assert lake.read("predictions").column("tenant").to_pylist() == ["b", "b"]

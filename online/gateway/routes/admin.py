@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from models.gate import require_evaluation
 from online.gateway.api_models import AliasBody, CanaryBody, ReasonBody, problem_responses
 from online.gateway.deps import AdminCaller, RuntimeDep
 from online.gateway.problems import InvalidInput
@@ -54,9 +55,15 @@ def promote(name: str, body: AliasBody, caller: AdminCaller, runtime: RuntimeDep
 
 @router.post("/{name}/canary", summary="Set the canary version and its traffic weight")
 def canary(name: str, body: CanaryBody, caller: AdminCaller, runtime: RuntimeDep) -> dict:
-    """Route `weight` (0..1) of traffic, sticky by routing key, to `version`."""
+    """Route `weight` (0..1) of traffic, sticky by routing key, to `version` (409 without a passing offline
+    evaluation unless `force` with a `reason`)."""
+    if body.force and not (body.reason and body.reason.strip()):
+        raise InvalidInput([{"field": "body.reason", "message": "required with force: why the version may take "
+                                                                "traffic without a passing offline evaluation"}])
+    _, why = require_evaluation(runtime.registry, runtime.lake, name, body.version, force=body.force,
+                                reason=body.reason)
     return _changed(runtime, runtime.registry.set_canary(name, body.version, body.weight, actor=_actor(caller),
-                                                         reason=body.reason))
+                                                         reason=why))
 
 
 @router.delete("/{name}/canary", summary="Clear the canary")
