@@ -79,6 +79,8 @@ class GateVerdict:
 
 def decide(mv: ModelVersion, stable: ModelVersion | None, replay: dict | None) -> GateVerdict:
     """The gate's decision from the version, the stable version (None when there is none) and its newest replay."""
+    if stable is not None and stable.version == mv.version:  # it serves all traffic already; the registry says so
+        return GateVerdict(mv.name, mv.version, (OfflineEvaluation("stable", True, "the stable version"),))
     found: list[OfflineEvaluation] = []
     ev = mv.metrics.get("evaluation")
     if isinstance(ev, dict) and "passed" in ev:

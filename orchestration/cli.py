@@ -41,12 +41,17 @@ WaitTimeout = Annotated[float, typer.Option(help="Seconds --wait waits at most."
 
 def _move_alias(name: str, version: str, move, *, wait: bool, force: bool, timeout: float) -> None:
     """Check a server can serve `version`, move the alias, then wait for (or explain) the load."""
-    from orchestration.serving import check_servable, wait_until_loaded
+    from orchestration.serving import NotServableError, check_servable, wait_until_loaded
 
     s = settings()
     reg = platform().registry
     target = reg.resolve(name, version).version
-    servers = [] if force else check_servable(s, name)
+    try:
+        servers = check_servable(s, name)
+    except NotServableError:
+        if not force:
+            raise
+        servers = []  # forced: recorded anyway, loaded by the next `tandem up`
     state = move(reg, target)
     say(_state_line(state))
     if not servers:

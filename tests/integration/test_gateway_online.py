@@ -192,7 +192,8 @@ def _eventually(check, timeout_s=5.0):
 
 def test_canary_is_sticky_and_weight_changes_apply_without_restart(cluster):
     keys = [f"user-{i}" for i in range(16)]
-    r = call(cluster, "/v1/admin/models/embedder/canary", {"version": "2", "weight": 0.5, "reason": "test"})
+    r = call(cluster, "/v1/admin/models/embedder/canary",
+             {"version": "2", "weight": 0.5, "reason": "routing test, no evaluation needed", "force": True})
     assert r.status_code == 200, r.text
     first = _versions_by_key(cluster, keys)
     assert _versions_by_key(cluster, keys) == first  # sticky per routing key
@@ -339,7 +340,8 @@ def test_a_bad_canary_is_caught_by_dagster_and_the_running_gateway_returns_to_st
          "label": None, "source": "test", "attributes": None, "ingested_at": datetime.now(UTC)}
         for i in range(40)])
     # v2 is the tiny embedder with another salt: its vectors disagree with v1's.
-    assert call(cluster, "/v1/admin/models/embedder/canary", {"version": "2", "weight": 0.5}).status_code == 200
+    assert call(cluster, "/v1/admin/models/embedder/canary",
+                {"version": "2", "weight": 0.5, "force": True, "reason": "the guard must catch it"}).status_code == 200
     keys = [f"live-{i}" for i in range(80)]
     assert _eventually(lambda: {v for v, _ in _versions_by_key(cluster, keys[:8]).values()} == {"1", "2"})
     with ThreadPoolExecutor(16) as pool:
@@ -360,6 +362,37 @@ def test_a_bad_canary_is_caught_by_dagster_and_the_running_gateway_returns_to_st
 
     assert cluster.registry.state("embedder").canary is None
     assert _eventually(lambda: {a for _, a in _versions_by_key(cluster, keys[:16]).values()} == {"stable"})
+
+
+def test_the_admin_canary_route_refuses_an_unevaluated_version_with_409_unless_forced_with_a_reason(cluster):
+    from assets.offline_replay import ReplayFilters, evaluate_candidate
+    from models.workflows import load_workflows
+    from orchestration.cli_replay import _resolver
+    from tests.integration.requests_support import request_rows
+
+    path = "/v1/admin/models/embedder/canary"
+    before = len(cluster.registry.history("embedder"))
+    r = call(cluster, path, {"version": "2", "weight": 0.1})
+    assert r.status_code == 409 and r.json()["type"] == "urn:tandem:problem:unevaluated-version"
+    assert "`tandem replay embedder --candidate 2`" in r.json()["detail"] and '"force": true' in r.json()["detail"]
+    assert call(cluster, path, {"version": "2", "weight": 0.1, "force": True}).status_code == 422  # no reason
+
+    # A real replay of logged traffic: v2 (another salt) disagrees with v1, so the gate still refuses, naming it.
+    platform = Platform.open(TandemSettings(home=cluster.home))
+    resolve = _resolver(platform)
+    platform.lake.append("requests", request_rows(resolve, model="embedder", task="embed", version="1",
+                                                  texts=[f"gate text {i}" for i in range(30)], tenant="gate-test"))
+    platform.lake.append("replay_evaluations", [evaluate_candidate(
+        platform.lake, platform.registry, resolve, load_workflows(), "embedder", "2", ReplayFilters(tenant="gate-test"))])
+    r = call(cluster, path, {"version": "2", "weight": 0.1})
+    assert r.status_code == 409 and "replay: failed" in r.json()["detail"]
+    assert len(cluster.registry.history("embedder")) == before
+
+    r = call(cluster, path, {"version": "2", "weight": 0.1, "force": True, "reason": "INC-9: needs live evidence"})
+    assert r.status_code == 200, r.text
+    event = cluster.registry.history("embedder", limit=1)[0]
+    assert event.reason.startswith("forced past the offline gate (replay: failed") and event.reason.endswith("INC-9: needs live evidence")
+    assert call(cluster, path, method="DELETE").status_code == 200
 
 
 def _shape(r: httpx.Response) -> dict:

@@ -96,3 +96,7 @@ def test_a_passing_version_keeps_the_callers_reason_unchanged():
     reg = _Reg(mv("1", accuracy=0.9), mv("3", accuracy=0.95))
     verdict, why = require_evaluation(reg, _NoReplays(), "classifier", "3", reason="better holdout")
     assert verdict.passed and why == "better holdout"
+
+
+def test_the_stable_version_is_left_to_the_registry_which_refuses_it_as_a_canary():
+    assert decide(mv("1", task="embed"), mv("1", task="embed"), None).passed
