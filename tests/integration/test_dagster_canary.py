@@ -240,3 +240,20 @@ def test_the_int8_minilm_canary_passes_on_same_input_cosine_whatever_its_live_ou
         numbers = evaluate(home, instance, eval_size=100).get_asset_check_evaluations()[0].metadata["embedder@1"].value
     assert numbers["decision"] == "rollback" and numbers["agreement"] == 0.0
     assert numbers["reasons"][0].startswith("cosine agreement with stable")
+
+
+def test_a_canary_forced_past_a_failed_offline_evaluation_is_held_and_the_check_reports_the_gate(home):
+    # The same model as stable (live and replay evidence pass), but its own offline evaluation failed.
+    failed = {"method": "labelled", "metric": "accuracy", "value": 0.41, "threshold": 0.9, "passed": False}
+    home.registry.register("classifier", "classify", home.root / "src" / "classifier-1", version="2", actor="test",
+                           metrics={"evaluation": failed})
+    home.registry.set_canary("classifier", "2", 0.05, actor="test", reason="forced past the offline gate: test")
+    log_live_traffic(home, canary_error_rate=0.0)
+    with dg.instance_for_test() as instance:
+        result = evaluate(home, instance, passes_required=1)
+        assert result.success
+        numbers = result.get_asset_check_evaluations()[0].metadata["classifier@2"].value
+    assert numbers["decision"] == "hold" and numbers["guard_action"] == "hold" and numbers["agreement"] == 1.0
+    assert numbers["offline_gate"]["passed"] is False
+    assert any(r.startswith("offline evaluation failed (metrics: failed (labelled accuracy 0.41")
+               for r in numbers["reasons"])

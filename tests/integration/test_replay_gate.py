@@ -98,3 +98,19 @@ def test_tandem_replay_then_canary_as_a_user_runs_it(home):
     reasons = [e["reason"] for e in sorted(events, key=lambda e: e["at"])]
     assert reasons[0] == "replayed"
     assert reasons[1].startswith("forced past the offline gate (replay: failed") and reasons[1].endswith("INC-7 hotfix")
+
+
+def test_the_replay_asset_runs_the_same_evaluation_from_dagster_config(home):
+    import dagster as dg
+
+    from assets import replay_evaluation
+
+    config = {"ops": {"replay_evaluation": {"config": {"model": "classifier", "candidate": "2", "tenant": "acme",
+                                                       "since": "2000-01-01"}}}}
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([replay_evaluation], resources=home.resources, instance=instance, run_config=config)
+    meta = result.asset_materializations_for_node("replay_evaluation")[0].metadata
+    assert meta["passed"].value is True and meta["n_replayed"].value == 45 and meta["n_skipped"].value == 5
+    (row,) = home.lake.read("replay_evaluations").to_pylist()
+    assert row["run_id"] == result.run_id and json.loads(row["filters"])["tenant"] == "acme"
+    assert gate_verdict(home.registry, home.lake, "classifier", "2").passed
