@@ -30,8 +30,16 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from models.errors import TandemModelError
 
-__all__ = ["PII_PLACEHOLDERS", "Privacy", "SealError", "apply_policy", "home_secret", "luhn_ok", "iban_ok",
-           "redact"]
+__all__ = [
+    "PII_PLACEHOLDERS",
+    "Privacy",
+    "SealError",
+    "apply_policy",
+    "home_secret",
+    "iban_ok",
+    "luhn_ok",
+    "redact",
+]
 
 PII_PLACEHOLDERS = ("<EMAIL>", "<PHONE>", "<CARD>", "<IBAN>", "<IP>")
 
@@ -48,7 +56,7 @@ _IPV6 = r"(?P<ipv6>(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d
 # A phone number: an optional +country, then groups of digits (one may be in parentheses) separated by
 # single spaces, dots or dashes; 9-15 digits in all, or 7-15 after a "+". Not part of a longer number.
 _PHONE = r"(?P<phone>(?<![\w+(])(?<!\d[ .-])\+?(?:\(\d{1,4}\)|\d{1,4})(?:[ .-]?(?:\(\d{1,5}\)|\d{1,5})){1,6}(?![\w]|[ .-]\d))"
-_PATTERN = re.compile("|".join((_EMAIL, _IBAN, _CARD, _IPV4, _IPV6, _PHONE)))
+_PATTERN = re.compile(f"{_EMAIL}|{_IBAN}|{_CARD}|{_IPV4}|{_IPV6}|{_PHONE}")
 _HINT = re.compile(r"[\d@:]")  # no digit, '@' or ':' => nothing to find
 
 
@@ -99,7 +107,7 @@ def _phone_ok(text: str) -> bool:
 
 
 def _phone(text: str) -> str:
-    return "<PHONE>" if _phone_ok(text) and not text.count(".") == 3 else text
+    return "<PHONE>" if _phone_ok(text) and text.count(".") != 3 else text
 
 
 def redact(text: str) -> str:

@@ -11,11 +11,11 @@ import orjson
 from fastapi import FastAPI
 
 from models.settings import TandemSettings
+from online.gateway import record
 from online.gateway.bodies import check_content_type, parse_json, read_body, too_large
 from online.gateway.deps import CALLER_HEADERS, resolve_caller
 from online.gateway.docs import install_docs
 from online.gateway.fastpath import FastPath
-from online.gateway import record
 from online.gateway.problems import (
     GatewayError,
     HeadersTooLarge,

@@ -14,24 +14,21 @@ buffer before the flush and from the lake after it.
 
 from __future__ import annotations
 
-import base64
 import time
-from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import orjson
-import pyarrow.compute as pc
 
 from models.pii import Privacy
+from models.record import protect_output, public_record, read_record, stored_input
 from online.gateway.logsink import PredictionLog
 from online.gateway.steps import StepReport
 
 __all__ = ["PREDICTION_ROUTES", "RequestNote", "RequestRecorder", "begin", "build_row", "note_body",
-           "note_result", "note_steps", "problem_type_of", "split_output"]
+           "note_result", "note_steps", "problem_type_of"]
 
 PREDICTION_ROUTES = frozenset({"/v1/models/{name}/predict", "/v1/embeddings", "/v1/rerank",
                                "/v1/workflows/{name}/run"})
@@ -105,53 +102,6 @@ def _input_of(note: RequestNote) -> Any:
     return {"name": note.name, **data} if note.name is not None else data
 
 
-def _strings(value: Any, into: set[str]) -> set[str]:
-    if isinstance(value, str):
-        into.add(value)
-    elif isinstance(value, dict):
-        for v in value.values():
-            _strings(v, into)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            _strings(v, into)
-    return into
-
-
-def _vector(value: Any) -> list[float] | None:
-    if isinstance(value, str):  # OpenAI's encoding_format=base64
-        return np.frombuffer(base64.b64decode(value), dtype="<f4").tolist()
-    if isinstance(value, list) and (not value or isinstance(value[0], int | float)):
-        return value
-    return None
-
-
-def split_output(result: Any, inputs: set[str], protect: Callable[[str], Any]) -> tuple[Any, list[list[float]]]:
-    """(the output as stored, its vectors): each `embedding` moves to the vector list (its place holds
-    `"$embeddings[i]"`), `metadata` is left out (it goes to `steps`), and a string the input also holds
-    (a rerank document echoed back) is stored as the PII policy stores inputs (`protect`)."""
-    vectors: list[list[float]] = []
-
-    def walk(v: Any) -> Any:
-        if isinstance(v, dict):
-            out = {}
-            for k, x in v.items():
-                if k == "metadata":
-                    continue
-                if k == "embedding" and (vec := _vector(x)) is not None:
-                    out[k] = f"$embeddings[{len(vectors)}]"
-                    vectors.append(vec)
-                else:
-                    out[k] = walk(x)
-            return out
-        if isinstance(v, list):
-            return [walk(x) for x in v]
-        if isinstance(v, str) and v in inputs:
-            return protect(v)
-        return v
-
-    return walk(result), vectors
-
-
 def _steps(reports: list[StepReport] | None) -> str | None:
     if reports is None:
         return None
@@ -163,12 +113,10 @@ def _steps(reports: list[StepReport] | None) -> str | None:
 def build_row(note: RequestNote, privacy: Privacy) -> dict[str, Any]:
     """The `requests` row of a finished note, its input stored as the tenant's PII policy allows."""
     raw = _input_of(note)
-    stored = privacy.apply(note.pii, raw) if raw is not None else None
+    stored, input_hash = stored_input(raw, note.pii, privacy)
     output, vectors = None, None
     if note.result is not None:
-        inputs = _strings(raw, set()) if raw is not None and note.pii != "keep" else set()
-        protect = (lambda s: privacy.apply(note.pii, s)) if note.pii != "drop" else (lambda s: None)
-        out, vecs = split_output(note.result, inputs, protect)
+        out, vecs = protect_output(note.result, raw, note.pii, privacy)
         output, vectors = orjson.dumps(out).decode(), vecs or None
     if note.http_status >= 400:
         status = "error"
@@ -183,33 +131,9 @@ def build_row(note: RequestNote, privacy: Privacy) -> dict[str, Any]:
         "workflow_version": note.workflow_version, "steps": _steps(note.reports),
         "status": status, "problem_type": note.problem_type, "http_status": note.http_status,
         "latency_ms": note.latency_ms, "trace_id": note.trace_id, "pii_policy": note.pii,
-        "input": None if stored is None else orjson.dumps(stored).decode(),
-        "input_hash": None if raw is None else privacy.input_hash(orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)),
+        "input": stored, "input_hash": input_hash,
         "output": output, "embeddings": vectors,
     }
-
-
-def public_record(row: dict[str, Any]) -> dict[str, Any]:
-    """A stored row as `GET /v1/requests/{id}` answers it: JSON columns parsed, vectors put back in place."""
-    out = {k: v for k, v in row.items() if k not in ("day", "embeddings")}
-    out["ts"] = row["ts"].isoformat() if isinstance(row["ts"], datetime) else row["ts"]
-    for col in ("steps", "input", "output"):
-        if isinstance(row.get(col), str):
-            out[col] = orjson.loads(row[col])
-    vectors = row.get("embeddings") or []
-    if vectors and out.get("output") is not None:
-        out["output"] = _put_back(out["output"], vectors)
-    return out
-
-
-def _put_back(value: Any, vectors: list) -> Any:
-    if isinstance(value, dict):
-        return {k: _put_back(v, vectors) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_put_back(v, vectors) for v in value]
-    if isinstance(value, str) and value.startswith("$embeddings[") and value.endswith("]"):
-        return [float(x) for x in vectors[int(value[12:-1])]]
-    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -251,16 +175,6 @@ class RequestRecorder:
         note = self._pending.get((tenant, request_id))
         if note is not None:
             return public_record(build_row(note, self.privacy))
-        return read_record(self._lake, tenant, request_id)
-
-
-def read_record(lake, tenant: str, request_id: str) -> dict[str, Any] | None:
-    """A tenant's stored record of `request_id` from the lake (pruned to the tenant's partitions), or None."""
-    if lake.version("requests") is None:
-        return None
-    rows = lake.read("requests", filter=(pc.field("tenant") == tenant) & (pc.field("request_id") == request_id))
-    if rows.num_rows == 0:
-        return None
-    newest = max(rows.to_pylist(), key=lambda r: r["ts"])
-    return public_record(newest)
+        found = read_record(self._lake, tenant, request_id)
+        return None if found is None else public_record(found)
 

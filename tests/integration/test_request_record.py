@@ -111,3 +111,121 @@ def test_every_route_leaves_a_record_readable_by_id_before_and_after_the_flush(c
     restart_gateway(cluster)
     assert lake.read("requests").num_rows >= 8
     check("lake")
+
+
+def _luhn_card(prefix: str) -> str:
+    """`prefix` (15 digits) completed with its Luhn check digit."""
+    from models.pii import luhn_ok
+
+    return next(prefix + d for d in "0123456789" if luhn_ok(prefix + d))
+
+
+def _iban(bank_and_account: str, country: str = "GB") -> str:
+    """A valid IBAN: the check digits computed by mod 97."""
+    moved = bank_and_account + country + "00"
+    check = 98 - int("".join(str(int(c, 36)) for c in moved)) % 97
+    return f"{country}{check:02d}{bank_and_account}"
+
+
+def pii_of(n: int, policy: str) -> dict[str, str]:
+    """Distinct PII per tenant, differing mid-value (a parquet max statistic is truncated and its last
+    character incremented: values differing only at the end could be mistaken for one another)."""
+    return {"email": f"{policy}.jane@example.com", "phone": f"+1 4{n}5 555 0123",
+            "card": _luhn_card(f"4000{n}0123400001"), "iban": _iban(f"WEST{n}2345698000001"),
+            "ip": f"10.{n}7.0.201"}
+
+
+def pii_text(p: dict[str, str]) -> str:
+    return f"write to {p['email']} or call {p['phone']}, card {p['card']}, iban {p['iban']}, from {p['ip']}"
+
+
+def run_job(cluster, tenant: str, text: str, instance) -> str:
+    """Submit a job through the gateway and run it as the sensor's run would (a real Dagster instance)."""
+    import dagster as dg
+
+    from assets import ASYNC_JOBS, async_job_results
+    from assets.resources import build_resources
+
+    r = post(cluster, "/v1/jobs", {"workflow": "classify", "inputs": [{"text": text}, {"text": "plain"}]}, tenant)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    instance.add_dynamic_partitions(ASYNC_JOBS.name, [job_id])
+    run = dg.materialize([async_job_results], partition_key=job_id, instance=instance,
+                         resources=build_resources(home=str(cluster.home)))
+    assert run.success
+    return job_id
+
+
+def test_no_pii_reaches_the_lake_or_the_logs_unless_the_tenant_keeps_it(cluster, tmp_path):
+    import dagster as dg
+
+    secrets = {policy: pii_of(n, policy) for n, policy in enumerate(POLICIES, start=1)}
+    request_ids, job_ids = {}, {}
+    dagster_dir = tmp_path / "dagster"
+    dagster_dir.mkdir()
+    with dg.instance_for_test(temp_dir=str(dagster_dir)) as instance:
+        for policy, p in secrets.items():
+            text = pii_text(p)
+            answers = send_every_route(cluster, policy, text)
+            assert {k: r.status_code for k, r in answers.items()} == dict.fromkeys(answers, 200), policy
+            bad = post(cluster, "/v1/models/nope/predict", {"instances": [{"text": text}]}, policy)
+            assert bad.status_code == 404
+            request_ids[policy] = {k: r.headers["x-request-id"] for k, r in {**answers, "error": bad}.items()}
+            job_ids[policy] = run_job(cluster, policy, text, instance)
+
+        # Before the flush the redact tenant's record already shows placeholders, never the PII.
+        rec = record(cluster, request_ids["redact"]["rerank"], "redact").json()
+        assert rec["input"]["query"].count("<") == 5 and "<EMAIL>" in rec["input"]["query"], rec["input"]
+        assert rec["output"]["results"][0].get("document", {}).get("text") in (None, rec["input"]["query"],
+                                                                               "other words")
+        restart_gateway(cluster)  # writes everything buffered
+
+    lake = Lake(TandemSettings(home=cluster.home).lake_root)
+    # Every table's string columns, by SQL.
+    found_sql: dict[str, set[str]] = {policy: set() for policy in POLICIES}
+    tables = [t for t in _catalog() if lake.version(t) is not None]
+    assert {"requests", "predictions", "jobs", "job_results", "job_inputs"} <= set(tables)
+    for table in tables:
+        schema = lake.dataset(table).schema
+        columns = [f.name for f in schema if str(f.type) in ("string", "large_string")]
+        for col in columns:
+            for policy, p in secrets.items():
+                for kind, value in p.items():
+                    n = lake.sql(f'SELECT count(*) AS n FROM {table} WHERE contains("{col}", ?)', [value])
+                    if n.column("n")[0].as_py():
+                        found_sql[policy].add(f"{table}.{col}:{kind}")
+    assert any(x.startswith("requests.input:") for x in found_sql["keep"]), found_sql["keep"]  # the scan can find
+    assert {x.split(":")[1] for x in found_sql["keep"]} == set(secrets["keep"])
+    for policy in ("redact", "hash", "drop"):
+        assert not found_sql[policy], (policy, found_sql[policy])
+
+    # Every byte under the lake, the logs and the Dagster instance (parquet pages may be compressed:
+    # the SQL scan above is the one that reads them; this one catches plain text anywhere).
+    files = [f for root in (cluster.home, dagster_dir) for f in root.rglob("*") if f.is_file()]
+    assert any(f.suffix == ".parquet" for f in files) and any(f.name == "gateway.log" for f in files)
+    for f in files:
+        data = f.read_bytes()
+        for policy in ("redact", "hash", "drop"):
+            for kind, value in secrets[policy].items():
+                assert value.encode() not in data, (str(f), policy, kind)
+
+    # The records say how each was stored, and the hash tenant's equal inputs join.
+    rows = lake.sql("SELECT tenant, kind, pii_policy, input, input_hash, status FROM requests "
+                    "WHERE tenant LIKE 't-%' AND tenant <> 't-other' AND tenant <> 't-slow'").to_pylist()
+    by = {(r["tenant"], r["kind"]) for r in rows}
+    assert {(f"t-{p}", k) for p in POLICIES for k in ("sync", "job_item")} <= by
+    assert all(r["pii_policy"] == r["tenant"][2:] for r in rows)
+    assert all(r["input"] is None for r in rows if r["pii_policy"] == "drop")
+    redacted = [r["input"] for r in rows if r["pii_policy"] == "redact" and r["input"] and "write to" in r["input"]]
+    assert redacted and all(all(f"<{k}>" in x for k in ("EMAIL", "PHONE", "CARD", "IBAN", "IP")) for x in redacted)
+    hashed = lake.sql("SELECT input FROM requests WHERE tenant = 't-hash' AND kind = 'job_item'").column(
+        "input").to_pylist()
+    assert any("hmac:" in x for x in hashed)
+    # the job's sealed inputs are gone once it succeeded
+    assert lake.sql("SELECT count(*) AS n FROM job_inputs").column("n")[0].as_py() == 0
+
+
+def _catalog():
+    from lakehouse.catalog import CATALOG
+
+    return list(CATALOG)

@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from models.record import public_record, read_record
 from online.gateway.api_models import problem_responses
 from online.gateway.deps import PredictCaller, RuntimeDep
 from online.gateway.problems import NotFound
-from online.gateway.record import read_record
 
 router = APIRouter(prefix="/v1/requests", tags=["requests"])
 
@@ -48,6 +48,7 @@ def get_request(request_id: str, caller: PredictCaller, runtime: RuntimeDep) -> 
         found = runtime.recorder.get(tenant, request_id)
     else:
         found = read_record(runtime.lake, tenant, request_id)
+        found = None if found is None else public_record(found)
     if found is None:
         raise NotFound(f"no request {request_id!r} for this tenant (records appear within seconds of the answer)")
     return found
