@@ -57,6 +57,11 @@ _IPV6 = r"(?P<ipv6>(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d
 # single spaces, dots or dashes; 9-15 digits in all, or 7-15 after a "+". Not part of a longer number.
 _PHONE = r"(?P<phone>(?<![\w+(])(?<!\d[ .-])\+?(?:\(\d{1,4}\)|\d{1,4})(?:[ .-]?(?:\(\d{1,5}\)|\d{1,5})){1,6}(?![\w]|[ .-]\d))"
 _PATTERN = re.compile(f"{_EMAIL}|{_IBAN}|{_CARD}|{_IPV4}|{_IPV6}|{_PHONE}")
+# The e-mail and IPv6 alternatives are tried at nearly every position: left out when the text has no
+# '@' or no ':' (a 20-word text with digits but no PII: ~55 us with all of them, ~30 us without).
+_PATTERNS = {(at, colon): re.compile("|".join(
+    p for p, keep in ((_EMAIL, at), (_IBAN, True), (_CARD, True), (_IPV4, True), (_IPV6, colon), (_PHONE, True))
+    if keep)) for at in (False, True) for colon in (False, True)}
 _HINT = re.compile(r"[\d@:]")  # no digit, '@' or ':' => nothing to find
 
 
@@ -114,7 +119,7 @@ def redact(text: str) -> str:
     """`text` with e-mails, phones, Luhn-valid cards, valid IBANs and IP addresses replaced by placeholders."""
     if not _HINT.search(text):
         return text
-    return _PATTERN.sub(_replace, text)
+    return _PATTERNS["@" in text, ":" in text].sub(_replace, text)
 
 
 def _walk(value: Any, fn: Callable[[str], str]) -> Any:

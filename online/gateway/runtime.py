@@ -19,7 +19,7 @@ from prometheus_client import Counter
 
 from lakehouse import Lake
 from models.errors import UnknownTenantError
-from models.pii import Privacy
+from models.pii import Privacy, redact
 from models.registry import Registry
 from models.settings import TandemSettings
 from models.workflows import WorkflowSpec, load_workflows
@@ -178,6 +178,9 @@ class Runtime:
         self._in_flight_rejects.labels(tenant).inc()
 
     def _write_predictions(self, rows: list[dict]) -> None:
+        for row in rows:  # an error text may quote an input (a model server's 422): stored as the policy allows
+            if row.get("error") and self.tenant_pii(row["tenant"]) != "keep":
+                row["error"] = redact(row["error"])
         if self._appender is None:
             self._appender = self.lake.appender("predictions", compact_every=self.gateway.log_compact_every)
         self._appender.append(rows)

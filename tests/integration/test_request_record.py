@@ -205,7 +205,9 @@ def test_no_pii_reaches_the_lake_or_the_logs_unless_the_tenant_keeps_it(cluster,
     assert any(f.suffix == ".parquet" for f in files) and any(f.name == "gateway.log" for f in files)
     for f in files:
         data = f.read_bytes()
-        for policy in ("redact", "hash", "drop"):
+        # logs echo no input at all, whatever the policy
+        checked = POLICIES if f.suffix == ".log" or dagster_dir in f.parents else ("redact", "hash", "drop")
+        for policy in checked:
             for kind, value in secrets[policy].items():
                 assert value.encode() not in data, (str(f), policy, kind)
 
