@@ -119,3 +119,25 @@ def test_read_back_is_tenant_scoped_and_puts_vectors_back(tmp_path, privacy, mon
     assert json.loads(full.output)["output"]["embedding"] == [0.25] * 16
     missing = CliRunner().invoke(app, ["requests", "show", "job_1:0", "--tenant", "other"])
     assert missing.exit_code == 1 and "no request" in missing.output
+
+
+def test_the_recorder_answers_from_its_buffer_then_from_the_lake(tmp_path, privacy):
+    import asyncio
+
+    from online.gateway.record import RequestRecorder
+
+    lake = Lake(str(tmp_path / "lake"))
+    recorder = RequestRecorder(lake, privacy, max_rows=10, flush_interval_s=60)
+
+    async def scenario():
+        recorder.finish(_note("redact", result=RERANK), request_id="r1", tenant="acme", pii="redact",
+                        route="/v1/rerank", trace_id="t", http_status=200)
+        before = recorder.get("acme", "r1")
+        assert recorder.get("other", "r1") is None and lake.version("requests") is None
+        assert await recorder.sink.flush()
+        return before, recorder.get("acme", "r1")
+
+    before, after = asyncio.run(scenario())
+    assert before == after
+    assert after["input"]["query"] == "mail <EMAIL> from <IP>" and after["output"]["results"][0]["index"] == 0
+    assert recorder.get("other", "r1") is None
