@@ -223,6 +223,11 @@ def test_no_pii_reaches_the_lake_or_the_logs_unless_the_tenant_keeps_it(cluster,
     hashed = lake.sql("SELECT input FROM requests WHERE tenant = 't-hash' AND kind = 'job_item'").column(
         "input").to_pylist()
     assert any("hmac:" in x for x in hashed)
+    # a job item is read back by `<job_id>:<item>`, by its own tenant only
+    item = record(cluster, f"{job_ids['redact']}:0", "redact").json()
+    assert (item["kind"], item["job_id"], item["item"], item["status"]) == ("job_item", job_ids["redact"], 0, "ok")
+    assert "<CARD>" in item["input"]["text"] and item["output"]["label"]
+    assert record(cluster, f"{job_ids['redact']}:0", "keep").status_code == 404
     # the job's sealed inputs are gone once it succeeded
     assert lake.sql("SELECT count(*) AS n FROM job_inputs").column("n")[0].as_py() == 0
 

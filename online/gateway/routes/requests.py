@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from models.record import public_record, read_record
 from online.gateway.api_models import problem_responses
-from online.gateway.deps import PredictCaller, RuntimeDep
+from online.gateway.deps import CallerDep, RuntimeDep
 from online.gateway.problems import NotFound
 
 router = APIRouter(prefix="/v1/requests", tags=["requests"])
@@ -40,9 +40,10 @@ class RequestRecord(BaseModel):
 
 
 @router.get("/{request_id}", response_model=RequestRecord, summary="A past request and its answer",
-            responses=problem_responses(401, 403, 404, 503))
-def get_request(request_id: str, caller: PredictCaller, runtime: RuntimeDep) -> dict:
-    """The stored output and metadata of one of the tenant's requests (by its `x-request-id`)."""
+            responses=problem_responses(401, 404, 503))
+def get_request(request_id: str, caller: CallerDep, runtime: RuntimeDep) -> dict:
+    """The stored output and metadata of one of the tenant's requests (its `x-request-id`, or
+    `<job_id>:<item>` for an async-job item); any of the tenant's keys may read it."""
     tenant = caller.tenant.id
     if runtime.recorder is not None:
         found = runtime.recorder.get(tenant, request_id)
