@@ -156,7 +156,7 @@ class Lab:
         if name == "gateway":
             return gateway(env, home.path)
         if name == "gateway-nolog":
-            return gateway(env, home.path, name=name, log_enabled="false")
+            return gateway(env, home.path, name=name, log_enabled="false", record_enabled="false")
         if name == "naive-app":
             return naive_app(env, home.artifact("embedder"), threads=usable_cores())
         raise ValueError(f"unknown bench process {name!r}")

@@ -68,7 +68,7 @@ CASE_INFO: dict[str, tuple[str, Target]] = {
     "naive": ("gateway ÷ plain FastAPI app calling the model per request, 32 clients", Target(">=", 2.5)),
     "workflow": ("`enrich` ÷ embed + classify called one after another, 1 client", Target("<=", 0.7)),
     "cache": ("throughput on repeated inputs ÷ on fresh inputs, 32 clients", Target(">=", 10.0)),
-    "logging": ("throughput with the prediction log on ÷ off, 32 clients", Target(">=", 0.95)),
+    "logging": ("throughput with the request record and prediction log on ÷ both off, 32 clients", Target(">=", 0.95)),
     "isolation": ("quiet tenant's p99 next to a noisy tenant at 10x its rate ÷ quiet tenant alone, one model",
                   Target("<=", 1.2)),
     "batch": ("Dagster batch_predictions rows/s on a 20k-doc partition ÷ raw in-process", Target(">=", 0.90)),

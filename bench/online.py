@@ -6,7 +6,7 @@
     naive     Tandem's gateway  ÷  a plain FastAPI app calling the model once per request, 32 clients
     workflow  `enrich` latency  ÷  the sum of its two steps' latencies called one after another
     cache     throughput on repeated inputs  ÷  on fresh inputs, 32 clients
-    logging   throughput with the prediction log on  ÷  off, 32 clients
+    logging   throughput with the request record and the prediction log on  ÷  both off, 32 clients
     isolation a quiet tenant's p99 while a noisy tenant sends 10x its rate limit  ÷  the quiet tenant alone
               (and, as a control, next to the noisy tenant just under its limit)
 

@@ -1,8 +1,13 @@
 """Async jobs in Delta (`jobs`, `job_inputs`, `job_results`).
 
 The gateway calls `submit_job`, `get_job` and `job_results_page`; the Dagster job asset calls
-`load_job_inputs`, `update_job` and `write_job_results`. Jobs survive restarts because they are
-only ever in the lake.
+`load_job_inputs`, `update_job`, `write_job_results` and `forget_job_inputs`. Jobs survive restarts
+because they are only ever in the lake.
+
+A job needs its inputs verbatim to run, whatever the tenant's PII policy: given a `Privacy`, they are
+stored sealed (Fernet, the home's key, kept outside the lake), the request hash is keyed, results
+are stored as the policy allows (strings echoed from the input, error texts) and the sealed inputs
+are deleted once the job has succeeded (its `requests` rows keep the input as the policy allows).
 """
 
 from __future__ import annotations
@@ -19,13 +24,16 @@ import pyarrow.compute as pc
 
 from lakehouse.sql import sql_literal
 from models.errors import TandemModelError
+from models.record import protect_output, with_vectors
 
 if TYPE_CHECKING:
     from models.executor import BatchResult
+    from models.pii import Privacy
 
 __all__ = [
     "JOB_STATUSES",
     "JobConflictError",
+    "forget_job_inputs",
     "get_job",
     "job_results_page",
     "load_job_inputs",
@@ -77,6 +85,7 @@ def submit_job(
     idempotency_key: str | None = None,
     *,
     clock: Callable[[], datetime] = _now,
+    privacy: Privacy | None = None,
 ) -> dict[str, Any]:
     """Persist a job and its inputs (status `queued`) and return the job row.
 
@@ -86,7 +95,9 @@ def submit_job(
     """
     if not inputs:
         raise ValueError("a job needs at least one input")
-    request_hash = hashlib.sha256(_dumps({"workflow": workflow, "inputs": list(inputs)}).encode()).hexdigest()
+    request = _dumps({"workflow": workflow, "inputs": list(inputs)}).encode()
+    request_hash = privacy.input_hash(request) if privacy else hashlib.sha256(request).hexdigest()
+    seal = privacy.seal if privacy else (lambda text: text)
     if idempotency_key:
         digest = hashlib.sha256(f"{tenant}\x00{idempotency_key}".encode()).hexdigest()
         job_id = f"job_{digest[:24]}"
@@ -98,7 +109,7 @@ def submit_job(
     now = clock()
     lake.insert_if_absent(
         "job_inputs",
-        [{"job_id": job_id, "idx": i, "input": _dumps(dict(x))} for i, x in enumerate(inputs)],
+        [{"job_id": job_id, "idx": i, "input": seal(_dumps(dict(x)))} for i, x in enumerate(inputs)],
         keys=["job_id", "idx"],
     )
     row = {
@@ -152,10 +163,19 @@ def queued_jobs(lake: JobLake) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["submitted_at"], r["job_id"]))
 
 
-def load_job_inputs(lake: JobLake, job_id: str) -> list[dict[str, Any]]:
-    """A job's inputs in submission order."""
+def load_job_inputs(lake: JobLake, job_id: str, privacy: Privacy | None = None) -> list[dict[str, Any]]:
+    """A job's inputs in submission order (unsealed with `privacy`; inputs stored plain read as they are)."""
     rows = lake.read("job_inputs", filter=pc.field("job_id") == job_id).to_pylist()
-    return [json.loads(r["input"]) for r in sorted(rows, key=lambda r: r["idx"])]
+
+    def opened(text: str) -> str:
+        return privacy.unseal(text) if privacy is not None and not text.startswith("{") else text
+
+    return [json.loads(opened(r["input"])) for r in sorted(rows, key=lambda r: r["idx"])]
+
+
+def forget_job_inputs(lake: Any, job_id: str) -> int:
+    """Delete a finished job's stored inputs; returns how many rows went."""
+    return lake.delete("job_inputs", f"job_id = {sql_literal(job_id)}")
 
 
 def update_job(
@@ -176,14 +196,25 @@ def update_job(
 
 
 def write_job_results(
-    lake: JobLake, job_id: str, result: BatchResult, *, clock: Callable[[], datetime] = _now
+    lake: JobLake, job_id: str, result: BatchResult, *, clock: Callable[[], datetime] = _now,
+    inputs: Sequence[Mapping[str, Any]] | None = None, policy: str = "keep", privacy: Privacy | None = None,
 ) -> int:
-    """Replace the job's results with `result`'s rows (idempotent per job); returns how many were written."""
+    """Replace the job's results with `result`'s rows (idempotent per job); returns how many were written.
+
+    With `privacy` (and the job's `inputs`), outputs and errors are stored as the tenant's PII `policy`
+    allows: a string the item's input holds is stored in the policy's form, an error text redacted.
+    """
     now = clock()
-    rows = [
-        {"job_id": job_id, "idx": i, "output": _dumps(r.output) if r.output is not None else None,
-         "model_versions": _dumps(r.model_versions), "status": r.status, "error": r.error, "finished_at": now}
-        for i, r in enumerate(result.rows)
-    ]
+    rows = []
+    for i, r in enumerate(result.rows):
+        output, error = r.output, r.error
+        if privacy is not None and policy != "keep":
+            if output is not None:
+                output = with_vectors(*protect_output(output, inputs[i] if inputs else None, policy, privacy))
+            error = privacy.scrub(policy, error)
+        rows.append({"job_id": job_id, "idx": i, "output": _dumps(output) if output is not None else None,
+                     "model_versions": _dumps(r.model_versions), "status": r.status, "error": error,
+                     "finished_at": now})
     lake.replace_where("job_results", rows, f"job_id = {sql_literal(job_id)}")
     return len(rows)
+

@@ -13,6 +13,7 @@ import typer
 
 from orchestration._cli_common import Actor, Reason, console, err, friendly, platform, say, settings, table
 from orchestration.cli_replay import replay
+from orchestration.cli_requests import requests_app
 from orchestration.cli_tenants import tenants_app
 
 app = typer.Typer(help="Tandem: ML inference orchestration, online and batch.", no_args_is_help=True,
@@ -23,6 +24,7 @@ serve_app = typer.Typer(help="Run one component in the foreground.", no_args_is_
 app.add_typer(models_app, name="models")
 app.add_typer(workflows_app, name="workflows")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(requests_app, name="requests")
 app.add_typer(serve_app, name="serve")
 app.command()(replay)
 

@@ -11,6 +11,7 @@ import orjson
 from fastapi import FastAPI
 
 from models.settings import TandemSettings
+from online.gateway import record
 from online.gateway.bodies import check_content_type, parse_json, read_body, too_large
 from online.gateway.deps import CALLER_HEADERS, resolve_caller
 from online.gateway.docs import install_docs
@@ -22,7 +23,7 @@ from online.gateway.problems import (
     install_problem_handlers,
     problem_response,
 )
-from online.gateway.routes import admin, jobs, models, ops, workflows
+from online.gateway.routes import admin, jobs, models, ops, requests, workflows
 from online.gateway.routes.jobs import MAX_JOB_INPUTS
 from online.gateway.runtime import Runtime
 from online.gateway.settings import GatewaySettings
@@ -66,6 +67,7 @@ class _EdgeMiddleware:
         state["request_id"] = request_id
         started = time.perf_counter()
         status = {"code": 500}
+        note = record.begin() if runtime.recorder is not None and scope["method"] == "POST" else None
 
         async def send_with_id(message):
             if message["type"] == "http.response.start":
@@ -73,6 +75,8 @@ class _EdgeMiddleware:
                 # exactly one x-request-id, ours: a route or problem document may have set it already
                 message["headers"] = [*(h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"),
                                       (b"x-request-id", rid_header)]
+            elif note is not None and status["code"] >= 400 and note.problem_type is None:
+                note.problem_type = record.problem_type_of(message.get("body", b""))
             await send(message)
 
         try:
@@ -90,7 +94,7 @@ class _EdgeMiddleware:
                 return
             await self.app(scope, receive, send_with_id)
         finally:
-            self._record(scope, state, status["code"], started, runtime)
+            self._record(scope, state, status["code"], started, runtime, note)
 
     def _admit(self, scope, headers: dict[bytes, bytes], runtime: Runtime):
         """Header checks; then (fast-path match, None), (None, FastAPI route whose body the edge reads) or
@@ -153,9 +157,13 @@ class _EdgeMiddleware:
 
         return replay
 
-    def _record(self, scope, state, code, started, runtime: Runtime) -> None:
+    def _record(self, scope, state, code, started, runtime: Runtime, note: record.RequestNote | None) -> None:
         elapsed = time.perf_counter() - started
         path = self._route_label(scope)
+        if note is not None and path in record.PREDICTION_ROUTES and state.get("tenant"):
+            runtime.recorder.finish(note, request_id=state["request_id"], tenant=state["tenant"],
+                                    pii=runtime.tenant_pii(state["tenant"]), route=path,
+                                    trace_id=state.get("trace_id"), http_status=code)
         name = (scope.get("path_params") or {}).get("name", "") if "/workflows/" in path else ""
         workflow = name if name in runtime.workflows else ("" if not name else "<unknown>")
         tenant = state.get("tenant", "")
@@ -215,7 +223,7 @@ def create_app(
                   docs_url=None, redoc_url=None)
     app.state.runtime = runtime
     install_problem_handlers(app)
-    for module in (workflows, models, jobs, admin, ops):
+    for module in (workflows, models, jobs, requests, admin, ops):
         app.include_router(module.router)
     install_docs(app)
     fast_path = FastPath(runtime) if runtime.gateway.fast_path else None

@@ -16,6 +16,7 @@ from online.gateway.cache import content_hash
 from online.gateway.deps import Caller
 from online.gateway.engine import RequestContext, StepReport
 from online.gateway.problems import invalid_input
+from online.gateway.record import note_result
 from online.gateway.runtime import Runtime
 
 JSON = "application/json"
@@ -83,19 +84,23 @@ async def respond(
     headers = {"x-request-id": caller.request_id, "x-trace-id": caller.trace_id}
     if not idempotency_key:
         with runtime.in_flight.slot(tenant):
-            content = orjson.dumps(await run())
-        return Response(content, media_type=JSON, headers=headers)
+            result = await run()
+        note_result(result)
+        return Response(orjson.dumps(result), media_type=JSON, headers=headers)
     body_hash = content_hash({"route": route, "body": body.model_dump()})
     wait_s = (deadline_ms or runtime.gateway.default_deadline_ms) / 1000
     stored = await runtime.idempotency.begin(tenant.id, idempotency_key, body_hash, wait_s=wait_s)
     if stored is not None:
+        note_result(orjson.loads(stored.body))
         return Response(stored.body, status_code=stored.status, media_type=JSON,
                         headers={**stored.headers, "idempotent-replayed": "true"})
     try:
         with runtime.in_flight.slot(tenant):
-            content = orjson.dumps(await run())
+            result = await run()
+            content = orjson.dumps(result)
     except BaseException:
         await runtime.idempotency.abandon(tenant.id, idempotency_key, body_hash)
         raise
     await runtime.idempotency.complete(tenant.id, idempotency_key, body_hash, 200, content, headers)
+    note_result(result)
     return Response(content, media_type=JSON, headers=headers)

@@ -1,4 +1,4 @@
-"""A buffered, never-blocking sink for prediction-log rows (the `predictions` Delta table).
+"""A buffered, never-blocking sink for rows of a Delta table (`predictions`; `requests` through the record).
 
 `log(row)` appends to a deque and returns; a background task hands batches of up to `max_rows`
 to `writer` in a worker thread, every `flush_interval_s` or as soon as a batch is full. A failed
@@ -87,12 +87,14 @@ class PredictionLog:
         retry_backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        name: str = "prediction log",
     ):
         if max_rows < 1 or max_buffer < max_rows:
             raise ValueError(f"need 1 <= max_rows <= max_buffer, got max_rows={max_rows}, max_buffer={max_buffer}")
         if flush_interval_s <= 0 or retry_backoff_s <= 0 or max_backoff_s < retry_backoff_s:
             raise ValueError("flush_interval_s and retry_backoff_s must be > 0, max_backoff_s >= retry_backoff_s")
         self._writer = writer
+        self.name = name  # in log messages
         self.max_rows = max_rows
         self.flush_interval_s = flush_interval_s
         self.max_buffer = max_buffer
@@ -113,20 +115,21 @@ class PredictionLog:
         """Rows waiting to be written (including a batch being written now)."""
         return len(self._buffer)
 
-    def log(self, row: dict) -> None:
-        """Queue one row; O(1), never blocks, never raises (drops and counts when full)."""
+    def log(self, row: Any) -> bool:
+        """Queue one row; O(1), never blocks, never raises (drops and counts when full: False)."""
         if len(self._buffer) >= self.max_buffer:
             self.dropped += 1
-            return
+            return False
         self._buffer.append(row)
         if len(self._buffer) >= self.max_rows:
             self._batch_ready.set()
+        return True
 
     def start(self) -> None:
         """Start the background flusher on the running loop (a no-op if it is running)."""
         if self._task is None or self._task.done():
             self._stopping.clear()
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="prediction-log-flusher")
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"{self.name}-flusher")
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the flusher and write everything buffered, retrying for up to `timeout_s`.
@@ -149,7 +152,7 @@ class PredictionLog:
                 lost = len(self._buffer)
                 self._buffer.clear()
                 self.dropped += lost
-                logger.error("prediction log: dropped %d rows still unwritten at shutdown", lost)
+                logger.error("%s: dropped %d rows still unwritten at shutdown", self.name, lost)
                 return
             await asyncio.sleep(min(self._backoff(failures), remaining))
 
@@ -183,8 +186,8 @@ class PredictionLog:
             except Exception:
                 self.flush_failures += 1
                 logger.warning(
-                    "prediction log: writing %d rows failed (%d rows buffered); will retry",
-                    n, len(self._buffer), exc_info=True,
+                    "%s: writing %d rows failed (%d rows buffered); will retry",
+                    self.name, n, len(self._buffer), exc_info=True,
                 )
                 return False
             for _ in range(n):

@@ -18,6 +18,8 @@ from typing import Any
 from prometheus_client import Counter
 
 from lakehouse import Lake
+from models.errors import UnknownTenantError
+from models.pii import Privacy, redact
 from models.registry import Registry
 from models.settings import TandemSettings
 from models.workflows import WorkflowSpec, load_workflows
@@ -30,6 +32,7 @@ from online.gateway.limits import InFlight
 from online.gateway.logsink import PredictionLog
 from online.gateway.metrics import GatewayMetrics
 from online.gateway.problems import NotFound
+from online.gateway.record import RequestRecorder
 from online.gateway.routing import Router
 from online.gateway.settings import GatewaySettings
 from online.gateway.state import open_state
@@ -156,6 +159,12 @@ class Runtime:
                           flush_interval_s=gateway.log_flush_s)
             if gateway.log_enabled else None
         )
+        self.privacy = Privacy.for_home(settings.home)  # its secrets stay outside the lake
+        self.recorder = (
+            RequestRecorder(self.lake, self.privacy, max_rows=gateway.log_flush_rows,
+                            flush_interval_s=gateway.log_flush_s, compact_every=gateway.log_compact_every)
+            if gateway.record_enabled else None
+        )
         self.served = ServedView(self.servers.replicas, self.client.info)
         self.engine = WorkflowEngine(
             client=self.client, servers=self.servers, replicas=self.servers.replicas, serves=self.served.serves, states=lambda: self.states, router=Router(), versions=lambda: self.versions,
@@ -169,9 +178,19 @@ class Runtime:
         self._in_flight_rejects.labels(tenant).inc()
 
     def _write_predictions(self, rows: list[dict]) -> None:
+        for row in rows:  # an error text may quote an input (a model server's 422): stored as the policy allows
+            if row.get("error") and self.tenant_pii(row["tenant"]) != "keep":
+                row["error"] = redact(row["error"])
         if self._appender is None:
             self._appender = self.lake.appender("predictions", compact_every=self.gateway.log_compact_every)
         self._appender.append(rows)
+
+    def tenant_pii(self, tenant_id: str) -> str:
+        """The tenant's PII policy; `drop` (store nothing) for a tenant deleted meanwhile."""
+        try:
+            return self.tenants.get(tenant_id).pii
+        except UnknownTenantError:
+            return "drop"
 
     def workflow(self, name: str) -> WorkflowSpec:
         try:
@@ -209,6 +228,8 @@ class Runtime:
         await asyncio.to_thread(self.refresh_registry)
         if self.log is not None:
             self.log.start()
+        if self.recorder is not None:
+            self.recorder.sink.start()
         self._tasks.append(asyncio.create_task(self._poll()))
 
     async def stop(self) -> None:
@@ -218,6 +239,8 @@ class Runtime:
         await self.engine.drain_shadows()
         if self.log is not None:
             await self.log.stop()
+        if self.recorder is not None:
+            await self.recorder.sink.stop()
         await self.client.aclose()
         await self.state.close()
 

@@ -28,6 +28,8 @@ class GatewaySettings(BaseSettings):
         default=2.0, gt=0, description="Seconds between prediction-log writes (a Delta commit costs ~40 ms of CPU).")
     log_compact_every: int = Field(
         default=60, ge=0, description="Compact today's prediction-log files every N writes (0: never).")
+    record_enabled: bool = Field(
+        default=True, description="Keep one `requests` row per prediction request (GET /v1/requests/{id}).")
     shadow_concurrency: int = 8
     fast_path: bool = Field(default=True, description="Serve the prediction routes without FastAPI's per-request machinery.")
     coalesce: bool = Field(default=True, description="Merge concurrent calls for one model version into one.")

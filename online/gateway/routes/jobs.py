@@ -83,7 +83,8 @@ def submit(body: JobRequest, caller: JobsCaller, runtime: RuntimeDep, response: 
     inputs = [validate(model, item, f"inputs.{i}") for i, item in enumerate(raw)]
     runtime.quotas.consume(caller.tenant)
     try:
-        job = submit_job(runtime.lake, caller.tenant.id, body.workflow, inputs, idempotency_key)
+        job = submit_job(runtime.lake, caller.tenant.id, body.workflow, inputs, idempotency_key,
+                         privacy=runtime.privacy)
     except JobConflictError as exc:
         raise Conflict(str(exc)) from None
     response.headers["Location"] = f"/v1/jobs/{job['job_id']}"

@@ -23,6 +23,7 @@ from online.gateway.deps import Caller, DeadlineDep, IdempotencyKey, PredictCall
 from online.gateway.engine import StepReport
 from online.gateway.execution import Call, metadata, request_context, respond, validate
 from online.gateway.problems import InvalidInput, PayloadTooLarge, redact_step_errors
+from online.gateway.record import note_body, note_steps
 from online.gateway.runtime import Runtime
 
 router = APIRouter(tags=["models"])
@@ -46,6 +47,7 @@ async def _call(runtime: Runtime, caller: Caller, model: str, task: str, instanc
         step_id=model, model=model, task=task, instances=instances, ctx=ctx,
         timeout_ms=int(ctx.budget_ms), retry=RetryPolicy(),
     )
+    note_steps([report])
     return outputs or [], report, redact_step_errors(metadata(ctx, [report], started))
 
 
@@ -56,6 +58,7 @@ def _split_model(ref: str) -> tuple[str, str | None]:
 
 async def predict_core(call: Call, name: str, body: PredictRequest) -> Response:
     runtime = call.runtime
+    note_body(body, name)
     task = get_task(runtime.model_task(name))
     _check_count(runtime, len(body.instances))
     instances = [validate(task.input, inst, f"instances.{i}") for i, inst in enumerate(body.instances)]
@@ -71,6 +74,7 @@ async def predict_core(call: Call, name: str, body: PredictRequest) -> Response:
 
 async def embeddings_core(call: Call, body: EmbeddingsRequest) -> Response:
     runtime = call.runtime
+    note_body(body)
     name, version = _split_model(body.model)
     if runtime.model_task(name) != "embed":
         raise InvalidInput([{"field": "model", "message": f"{name!r} is not an embedding model; use e.g. 'embedder'"}])
@@ -99,6 +103,7 @@ async def embeddings_core(call: Call, body: EmbeddingsRequest) -> Response:
 
 async def rerank_core(call: Call, body: RerankRequest) -> Response:
     runtime = call.runtime
+    note_body(body)
     name, version = _split_model(body.model)
     if runtime.model_task(name) != "rerank":
         raise InvalidInput([{"field": "model", "message": f"{name!r} is not a reranker; use e.g. 'reranker'"}])

@@ -10,6 +10,7 @@ from online.gateway.api_models import RunRequest, RunResponse, problem_responses
 from online.gateway.deps import CallerDep, DeadlineDep, IdempotencyKey, PredictCaller, RuntimeDep
 from online.gateway.execution import Call, metadata, request_context, respond, validate
 from online.gateway.problems import redact_step_errors
+from online.gateway.record import note_body, note_steps
 
 router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
 
@@ -31,6 +32,7 @@ def get_workflow(name: str, caller: CallerDep, runtime: RuntimeDep) -> dict:
 
 async def run_workflow_core(call: Call, name: str, body: RunRequest) -> Response:
     runtime, caller = call.runtime, call.caller
+    note_body(body, name)
     spec = runtime.workflow(name)
     caller.tenant.require_workflow(name)
     payload = validate(spec.input_model(), {**body.input, **(body.params or {})}, "input")
@@ -39,6 +41,7 @@ async def run_workflow_core(call: Call, name: str, body: RunRequest) -> Response
     async def run() -> dict:
         started = time.perf_counter()
         output, reports = await runtime.engine.run(spec, payload, ctx)
+        note_steps(reports, spec.name, spec.version)
         return {"output": output, "metadata": redact_step_errors(metadata(ctx, reports, started))}
 
     return await respond(runtime, caller, call.idempotency_key, body, f"workflow:{name}", run,
