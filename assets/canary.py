@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from assets.canary_guard import Arm, Judgement, canary_decision, evaluations_since, judge
 from assets.canary_replay import Replay, replay
+from assets.offline_replay import ReplayThresholds
 from assets.resources import LakeResource, ModelLoader, RegistryResource
 from assets.stats import parse_summaries, tv_distance
 from assets.training import labelled_documents
@@ -29,23 +30,27 @@ from models.gate import GateVerdict, gate_verdict
 from models.registry import AliasState
 
 
+_REPLAY = ReplayThresholds()
+
+
 class CanaryConfig(dg.Config):
     """The live-traffic window, the evidence a canary needs, and the guardrails it must stay within."""
 
     window_minutes: int = 60
-    confidence: float = 0.95  # of every one-sided test and bound
+    confidence: float = _REPLAY.confidence  # of every one-sided test and bound
     min_requests: int = 20  # model calls per arm; below it the decision is "hold" (not enough evidence)
     max_error_rate_increase: float = 0.02
     max_p95_ratio: float = 1.5
     p95_slack_ms: float = 25.0
     eval_size: int = 200
-    min_replay: int = 30  # replayed items; below it the decision is "hold"
-    max_accuracy_drop: float = 0.02
-    min_label_agreement: float = 0.85
-    min_embedding_agreement: float = 0.98
-    min_top1_agreement: float = 0.8
-    min_topk_overlap: float = 0.8
-    top_k: int = 3
+    # The replay guardrails default to the offline replay's, so `tandem replay` and the guard agree.
+    min_replay: int = _REPLAY.min_replay  # replayed items; below it the decision is "hold"
+    max_accuracy_drop: float = _REPLAY.max_accuracy_drop
+    min_label_agreement: float = _REPLAY.min_label_agreement
+    min_embedding_agreement: float = _REPLAY.min_embedding_agreement
+    min_top1_agreement: float = _REPLAY.min_top1_agreement
+    min_topk_overlap: float = _REPLAY.min_topk_overlap
+    top_k: int = _REPLAY.top_k
     rerank_candidates: int = 8
     batch_size: int = 64
     # The guard sensor's ladder, so the check can report the move an evaluation leads to.

@@ -50,7 +50,7 @@ class ReplayFilters:
 
 @dataclass(frozen=True)
 class ReplayThresholds:
-    """The guard's replay guardrails (same defaults as `assets.canary.CanaryConfig`)."""
+    """The replay guardrails; `assets.canary.CanaryConfig` takes its defaults from here."""
 
     confidence: float = 0.95
     min_replay: int = 30
