@@ -14,7 +14,7 @@ from models.settings import TandemSettings
 from online.gateway.bodies import check_content_type, parse_json, read_body, too_large
 from online.gateway.deps import CALLER_HEADERS, resolve_caller
 from online.gateway.docs import install_docs
-from online.gateway.fastpath import FastPath
+from online.gateway.pipeline import PipelineRoute
 from online.gateway.problems import (
     GatewayError,
     HeadersTooLarge,
@@ -46,12 +46,12 @@ MAX_HEADERS_BYTES = 32 << 10  # all of them together
 
 class _EdgeMiddleware:
     """Everything a request meets before a route: a valid request id, header and body limits, auth and
-    the rate check before any body is read, the fast path, one JSON access-log line and request metrics."""
+    the rate check before any body is read (a `PipelineRoute` does its own), one JSON access-log line and
+    request metrics."""
 
-    def __init__(self, app, runtime_ref: dict, fast_path: FastPath | None = None, api: FastAPI | None = None):
+    def __init__(self, app, runtime_ref: dict, api: FastAPI | None = None):
         self.app = app
         self.runtime_ref = runtime_ref
-        self.fast_path = fast_path
         self.api = api
         self._templates: list[tuple[str, re.Pattern, frozenset[str]]] | None = None
 
@@ -77,12 +77,7 @@ class _EdgeMiddleware:
 
         try:
             try:
-                fast, route = self._admit(scope, headers, runtime)
-                if fast is not None:
-                    await self.fast_path.serve(*fast, scope, receive, send_with_id, headers, request_id,
-                                               limit=runtime.gateway.max_body_bytes)
-                    return
-                if route is not None:
+                if self._admit(scope, headers, runtime) is not None:
                     receive = await self._gate_body(scope, receive, headers, runtime, request_id)
             except GatewayError as err:
                 resp = problem_response(err, scope["path"], request_id)
@@ -92,28 +87,28 @@ class _EdgeMiddleware:
         finally:
             self._record(scope, state, status["code"], started, runtime)
 
-    def _admit(self, scope, headers: dict[bytes, bytes], runtime: Runtime):
-        """Header checks; then (fast-path match, None), (None, FastAPI route whose body the edge reads) or
-        (None, None): pass through."""
+    def _admit(self, scope, headers: dict[bytes, bytes], runtime: Runtime) -> str | None:
+        """Header checks and the declared body size; the template of a route whose body the edge reads."""
         _check_headers(scope["headers"])
         if scope["method"] not in _BODY_METHODS:
-            return None, None
+            return None
         limit = _body_limit(scope, runtime)
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise PayloadTooLarge(too_large(int(length), limit))
-        fast = self.fast_path
-        if fast is not None and (matched := fast.match(scope)) is not None:
-            return matched, None
-        return None, self._body_route(scope)
+        return self._body_route(scope)
 
     def _routes(self) -> list[tuple[str, re.Pattern, frozenset[str]]]:
-        """(template, pattern, methods taking a body) of every documented route, from the OpenAPI document."""
+        """(template, pattern, methods whose body the edge reads) of every documented route, from the
+        OpenAPI document: those taking a body, except a `PipelineRoute`'s (it reads its own)."""
         if self._templates is None:
             paths = self.api.openapi()["paths"] if self.api is not None else {}
+            own = {(r.path, m) for r in (self.api.routes if self.api is not None else ())
+                   if isinstance(r, PipelineRoute) for m in r.methods}
             self._templates = [
                 (path, re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(path))),
-                 frozenset(m.upper() for m, op in ops.items() if isinstance(op, dict) and op.get("requestBody")))
+                 frozenset(m.upper() for m, op in ops.items()
+                           if isinstance(op, dict) and op.get("requestBody") and (path, m.upper()) not in own))
                 for path, ops in paths.items()
             ]
         return self._templates
@@ -218,6 +213,5 @@ def create_app(
     for module in (workflows, models, jobs, admin, ops):
         app.include_router(module.router)
     install_docs(app)
-    fast_path = FastPath(runtime) if runtime.gateway.fast_path else None
-    app.add_middleware(_EdgeMiddleware, runtime_ref=ref, fast_path=fast_path, api=app)
+    app.add_middleware(_EdgeMiddleware, runtime_ref=ref, api=app)
     return app

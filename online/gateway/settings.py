@@ -29,7 +29,6 @@ class GatewaySettings(BaseSettings):
     log_compact_every: int = Field(
         default=60, ge=0, description="Compact today's prediction-log files every N writes (0: never).")
     shadow_concurrency: int = 8
-    fast_path: bool = Field(default=True, description="Serve the prediction routes without FastAPI's per-request machinery.")
     coalesce: bool = Field(default=True, description="Merge concurrent calls for one model version into one.")
     coalesce_max_instances: int = Field(default=64, ge=1, description="Most inputs in one merged call.")
     coalesce_max_inflight: int = Field(
