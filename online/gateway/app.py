@@ -49,10 +49,11 @@ class _EdgeMiddleware:
     the rate check before any body is read (a `PipelineRoute` does its own), one JSON access-log line and
     request metrics."""
 
-    def __init__(self, app, runtime_ref: dict, api: FastAPI | None = None):
+    def __init__(self, app, runtime_ref: dict, api: FastAPI | None = None, pipeline: tuple[PipelineRoute, ...] = ()):
         self.app = app
         self.runtime_ref = runtime_ref
         self.api = api
+        self.pipeline = pipeline
         self._templates: list[tuple[str, re.Pattern, frozenset[str]]] | None = None
 
     async def __call__(self, scope, receive, send):
@@ -77,7 +78,12 @@ class _EdgeMiddleware:
 
         try:
             try:
-                if self._admit(scope, headers, runtime) is not None:
+                route = self._admit(scope, headers, runtime)
+                if isinstance(route, PipelineRoute):
+                    response = await route.answer(scope, receive)
+                    await response(scope, receive, send_with_id)
+                    return
+                if route is not None:
                     receive = await self._gate_body(scope, receive, headers, runtime, request_id)
             except GatewayError as err:
                 resp = problem_response(err, scope["path"], request_id)
@@ -87,8 +93,9 @@ class _EdgeMiddleware:
         finally:
             self._record(scope, state, status["code"], started, runtime)
 
-    def _admit(self, scope, headers: dict[bytes, bytes], runtime: Runtime) -> str | None:
-        """Header checks and the declared body size; the template of a route whose body the edge reads."""
+    def _admit(self, scope, headers: dict[bytes, bytes], runtime: Runtime) -> PipelineRoute | str | None:
+        """Header checks and the declared body size; then the prediction route to answer at once, or the
+        template of a route whose body the edge reads, or None: pass through."""
         _check_headers(scope["headers"])
         if scope["method"] not in _BODY_METHODS:
             return None
@@ -96,19 +103,19 @@ class _EdgeMiddleware:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise PayloadTooLarge(too_large(int(length), limit))
+        for route in self.pipeline:
+            if scope["method"] in route.methods and (m := route.path_regex.match(scope["path"])) is not None:
+                scope["route"], scope["path_params"] = route, m.groupdict()
+                return route
         return self._body_route(scope)
 
     def _routes(self) -> list[tuple[str, re.Pattern, frozenset[str]]]:
-        """(template, pattern, methods whose body the edge reads) of every documented route, from the
-        OpenAPI document: those taking a body, except a `PipelineRoute`'s (it reads its own)."""
+        """(template, pattern, methods taking a body) of every documented route, from the OpenAPI document."""
         if self._templates is None:
             paths = self.api.openapi()["paths"] if self.api is not None else {}
-            own = {(r.path, m) for r in (self.api.routes if self.api is not None else ())
-                   if isinstance(r, PipelineRoute) for m in r.methods}
             self._templates = [
                 (path, re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(path))),
-                 frozenset(m.upper() for m, op in ops.items()
-                           if isinstance(op, dict) and op.get("requestBody") and (path, m.upper()) not in own))
+                 frozenset(m.upper() for m, op in ops.items() if isinstance(op, dict) and op.get("requestBody")))
                 for path, ops in paths.items()
             ]
         return self._templates
@@ -213,5 +220,6 @@ def create_app(
     for module in (workflows, models, jobs, admin, ops):
         app.include_router(module.router)
     install_docs(app)
-    app.add_middleware(_EdgeMiddleware, runtime_ref=ref, api=app)
+    pipeline = tuple(r for m in (workflows, models) for r in m.router.routes if isinstance(r, PipelineRoute))
+    app.add_middleware(_EdgeMiddleware, runtime_ref=ref, api=app, pipeline=pipeline)
     return app

@@ -4,7 +4,7 @@ Profiling the gateway under load showed FastAPI's dependency solving, its reques
 body handling costing more CPU than the work of a prediction request itself (about 1.9 ms of the
 gateway's 2.5 ms per request at 32 clients). So a `PipelineRoute` is a FastAPI `APIRoute` (its
 endpoint's signature declares the body, path parameters, headers, security and responses once, for
-OpenAPI, like any other route) whose ASGI app does the request's work directly: the caller from the
+OpenAPI, like any other route) whose handler does the request's work directly: the caller from the
 headers and the rate check plus the quota in one shared-state call, all before the body is read;
 then the content type, the bounded read, the JSON check and pydantic-core validation of the body
 in one step; then the endpoint itself, with its `call` built by the same functions the
@@ -13,12 +13,14 @@ in one step; then the endpoint itself, with its `call` built by the same functio
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, get_type_hints
 
 from fastapi import Depends
 from fastapi.routing import APIRoute, APIRouter
 from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
 
 from online.gateway.bodies import check_content_type, parse_json, read_body
 from online.gateway.deps import (
@@ -34,6 +36,7 @@ from online.gateway.deps import (
 from online.gateway.execution import Call
 from online.gateway.problems import as_problem, invalid_input, problem_response, unhandled_response
 from online.gateway.runtime import Runtime
+from online.gateway.tracing import request_id_from
 
 __all__ = ["PipelineRoute", "PredictCall", "pipeline_route"]
 
@@ -50,7 +53,9 @@ PredictCall = Annotated[Call, Depends(predict_call)]
 class PipelineRoute(APIRoute):
     """A `POST` prediction route: documented from its endpoint like any route, served by `_serve`.
 
-    The endpoint takes its path parameters, `body` (a pydantic model) and `call: PredictCall`.
+    The endpoint takes its path parameters, `body` (a pydantic model) and `call: PredictCall`. The
+    gateway's edge matches these routes itself and calls `answer`, skipping FastAPI's router and
+    middleware layers (about 0.6 ms of CPU per request here); FastAPI's router serves them the same way.
     """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any):
@@ -61,12 +66,21 @@ class PipelineRoute(APIRoute):
             raise TypeError(f"a pipeline endpoint takes `body: <pydantic model>` and `call: PredictCall`; "
                             f"{endpoint.__qualname__} does not")
         self.body_model: type[BaseModel] = body
-        self.app = self._serve
 
-    async def _serve(self, scope, receive, send) -> None:
-        """Answer one request, errors included (problem+json, like the FastAPI handlers)."""
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        """What FastAPI's router runs when it routes here (the gateway's edge calls `answer` directly)."""
+
+        async def handler(request: Request) -> Response:
+            return await self.answer(request.scope, request.receive)
+
+        return handler
+
+    async def answer(self, scope, receive) -> Response:
+        """The response to one request, errors included (problem+json, like the FastAPI handlers)."""
         state = scope.setdefault("state", {})
-        request_id = state.get("request_id", "")
+        if "request_id" not in state:  # no edge in front (a bare FastAPI app)
+            state["request_id"] = request_id_from(dict(scope["headers"]).get(b"x-request-id"))
+        request_id = state["request_id"]
         try:
             runtime: Runtime = scope["app"].state.runtime
             call = await _admit(runtime, dict(scope["headers"]), request_id, state)
@@ -75,12 +89,11 @@ class PipelineRoute(APIRoute):
                 body = self.body_model.model_validate(data)
             except ValidationError as exc:
                 raise invalid_input(exc.errors(), "body") from None
-            response = await self.endpoint(**scope.get("path_params", {}), body=body, call=call)
+            return await self.endpoint(**scope.get("path_params", {}), body=body, call=call)
         except Exception as exc:  # noqa: BLE001 - an unexpected one is logged with its traceback and answered 500
             err = as_problem(exc)
-            response = (problem_response(err, scope["path"], request_id) if err is not None
-                        else unhandled_response(scope["method"], scope["path"], request_id, exc))
-        await response(scope, receive, send)
+            return (problem_response(err, scope["path"], request_id) if err is not None
+                    else unhandled_response(scope["method"], scope["path"], request_id, exc))
 
 
 async def _admit(runtime: Runtime, headers: Mapping[bytes, bytes], request_id: str, state: dict) -> Call:
