@@ -137,8 +137,10 @@ def gateway(env: dict, home: Path, *, name: str = "gateway", **settings: str) ->
 
 def peer_app(env: dict, threads: int) -> Proc:
     port = free_port()
+    # Passive OpenMP threads, as Tandem's model servers run: with spinning ones a 2-core box shared with
+    # other processes served ~20 req/s, which says more about OpenMP than about LitServe.
     return Proc("peer-app", [sys.executable, "-m", "bench._peer_app", "--port", str(port), "--torch-threads",
-                             str(threads)], env, f"http://127.0.0.1:{port}")
+                             str(threads)], {**env, "OMP_WAIT_POLICY": "PASSIVE"}, f"http://127.0.0.1:{port}")
 
 
 def naive_app(env: dict, artifact_dir: Path, threads: int, *, name: str = "naive-app") -> Proc:
