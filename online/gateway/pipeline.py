@@ -1,4 +1,4 @@
-"""The prediction routes' one pipeline: FastAPI documents them, a lean ASGI handler serves them.
+"""The prediction routes' one pipeline: FastAPI documents them, one lean handler serves them.
 
 Profiling the gateway under load showed FastAPI's dependency solving, its request wrapper and its
 body handling costing more CPU than the work of a prediction request itself (about 1.9 ms of the
@@ -43,7 +43,9 @@ __all__ = ["PipelineRoute", "PredictCall", "pipeline_route"]
 
 async def predict_call(caller: PredictCaller, runtime: RuntimeDep, deadline: DeadlineDep,
                        idempotency_key: IdempotencyKey = None) -> Call:
-    """The request's `Call` (FastAPI's way; a `PipelineRoute` builds the same one in `_admit`)."""
+    """The request's `Call`, the FastAPI way. Through it a pipeline endpoint's signature declares the
+    headers it reads (auth, `X-Deadline-Ms`, `Idempotency-Key`, ...) for OpenAPI; a `PipelineRoute`
+    never solves it but builds the same `Call` from the raw headers in `_admit`, with the same functions."""
     return Call(runtime, caller, deadline, idempotency_key)
 
 
@@ -51,7 +53,7 @@ PredictCall = Annotated[Call, Depends(predict_call)]
 
 
 class PipelineRoute(APIRoute):
-    """A `POST` prediction route: documented from its endpoint like any route, served by `_serve`.
+    """A `POST` prediction route: documented from its endpoint like any route, answered by `answer`.
 
     The endpoint takes its path parameters, `body` (a pydantic model) and `call: PredictCall`. The
     gateway's edge matches these routes itself and calls `answer`, skipping FastAPI's router and
