@@ -38,6 +38,24 @@ class Home:
         mv = platform.registry.get(model, version)
         return Path(platform.store.fetch(mv.artifact_uri, mv.sha256))
 
+    def default_version(self, model: str) -> str:
+        """The version `model`'s stable alias names: what the gateway serves unless told otherwise."""
+        from orchestration.bootstrap import Platform
+
+        return Platform.open(self.settings).registry.resolve(model, "stable").version
+
+    def torch_fp32_version(self, model: str = "embedder") -> str:
+        """The oldest version of `model` that is MiniLM in torch fp32 (artifact kind `minilm`): the
+        baselines' model. Tiny homes have none: their version "1" stands in (figures not meaningful)."""
+        from models.ops import read_manifest
+        from orchestration.bootstrap import Platform
+
+        platform = Platform.open(self.settings)
+        for mv in platform.registry.versions(model):  # in registration order
+            if read_manifest(Path(platform.store.fetch(mv.artifact_uri, mv.sha256))).get("kind") == "minilm":
+                return mv.version
+        return "1"
+
 
 def tiny_home(path: Path, *, delay_ms: float = 0.0) -> Home:
     """A fresh home with tiny models (`delay_ms` of sleep per batch to mimic a model's cost)."""

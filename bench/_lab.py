@@ -20,7 +20,7 @@ import orjson
 
 from bench._homes import Home, real_home, tiny_home
 from bench._load import LoadGenerator, LoadResult
-from bench._procs import Group, Proc, base_env, gateway, model_server, naive_app
+from bench._procs import Group, Proc, base_env, gateway, model_server, naive_app, peer_app
 from bench._texts import TextPool
 
 
@@ -97,7 +97,7 @@ class Lab:
         self.load = LoadGenerator(config.work_dir / "load", force_python=force_python_load, say=say)
         self._homes: dict[str, Home] = {}
         self._groups: dict[str, Group] = {}
-        self._ops: dict[tuple[str, str], object] = {}
+        self._ops: dict[tuple[str, str, str], object] = {}
 
     # --- homes and processes ----------------------------------------------------------------
 
@@ -147,8 +147,9 @@ class Lab:
 
     def _spec(self, home: Home, name: str) -> Proc:
         env = base_env(home.path)
-        if name == "server-embedder":
-            return model_server(env, home.path, "embedder")
+        if name == "server-embedder":  # "1" (the direct bodies name it) and the default version
+            return model_server(env, home.path, "embedder",
+                                versions=",".join(dict.fromkeys(("1", home.default_version("embedder")))))
         if name == "server-classifier":
             return model_server(env, home.path, "classifier")
         if name == "server-embedder-unbatched":
@@ -157,8 +158,13 @@ class Lab:
             return gateway(env, home.path)
         if name == "gateway-nolog":
             return gateway(env, home.path, name=name, log_enabled="false", record_enabled="false")
-        if name == "naive-app":
-            return naive_app(env, home.artifact("embedder"), threads=usable_cores())
+        if name == "naive-app":  # MiniLM in torch fp32
+            return naive_app(env, home.artifact("embedder", home.torch_fp32_version()), threads=usable_cores())
+        if name == "naive-app-default":  # the version the gateway serves by default
+            return naive_app(env, home.artifact("embedder", home.default_version("embedder")),
+                             threads=usable_cores(), name=name)
+        if name == "peer-app":
+            return peer_app(env, threads=usable_cores())
         raise ValueError(f"unknown bench process {name!r}")
 
     # --- measuring ----------------------------------------------------------------------------
@@ -261,16 +267,16 @@ class Lab:
         used = time.process_time() - cpu + sum(self.cpu_snapshot().values()) - sum(mine.values())
         return value, wall, round(max(0.0, (machine_busy() - busy - used) / wall), 3)
 
-    def op(self, kind: str, model: str):
+    def op(self, kind: str, model: str, version: str = "1"):
         """The model op loaded in this process (raw, in-process baselines), torch on all usable cores."""
-        key = (kind, model)
+        key = (kind, model, version)
         if key not in self._ops:
             import torch
 
             from models.ops import load_op
 
             torch.set_num_threads(usable_cores())
-            self._ops[key] = load_op(self.home(kind).artifact(model))
+            self._ops[key] = load_op(self.home(kind).artifact(model, version))
         return self._ops[key]
 
 

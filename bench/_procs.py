@@ -135,9 +135,17 @@ def gateway(env: dict, home: Path, *, name: str = "gateway", **settings: str) ->
                 env, f"http://127.0.0.1:{port}", health_path="/healthz")
 
 
-def naive_app(env: dict, artifact_dir: Path, threads: int) -> Proc:
+def peer_app(env: dict, threads: int) -> Proc:
     port = free_port()
-    return Proc("naive-app", [sys.executable, "-m", "bench._naive_app", "--artifact", str(artifact_dir),
+    # Passive OpenMP threads, as Tandem's model servers run: with spinning ones a 2-core box shared with
+    # other processes served ~20 req/s, which says more about OpenMP than about LitServe.
+    return Proc("peer-app", [sys.executable, "-m", "bench._peer_app", "--port", str(port), "--torch-threads",
+                             str(threads)], {**env, "OMP_WAIT_POLICY": "PASSIVE"}, f"http://127.0.0.1:{port}")
+
+
+def naive_app(env: dict, artifact_dir: Path, threads: int, *, name: str = "naive-app") -> Proc:
+    port = free_port()
+    return Proc(name, [sys.executable, "-m", "bench._naive_app", "--artifact", str(artifact_dir),
                               "--port", str(port), "--torch-threads", str(threads)],
                 env, f"http://127.0.0.1:{port}")
 

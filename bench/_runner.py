@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import batch, online, sql
+from bench import batch, online, serving, sql
 from bench._lab import Lab, RunConfig, usable_cores
 from bench._report import CaseResult, machine_facts, new_result, render_table, write_result
 
@@ -18,6 +18,8 @@ Case = Callable[[Lab], CaseResult]
 CASES: dict[str, Case] = {
     "overhead": online.overhead,
     "serve": online.serve,
+    "peer": serving.peer,
+    "lone": serving.lone,
     "batching": online.batching,
     "naive": online.naive,
     "workflow": online.workflow,

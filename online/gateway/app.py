@@ -15,7 +15,7 @@ from online.gateway import record
 from online.gateway.bodies import check_content_type, parse_json, read_body, too_large
 from online.gateway.deps import CALLER_HEADERS, resolve_caller
 from online.gateway.docs import install_docs
-from online.gateway.fastpath import FastPath
+from online.gateway.pipeline import PipelineRoute
 from online.gateway.problems import (
     GatewayError,
     HeadersTooLarge,
@@ -47,13 +47,14 @@ MAX_HEADERS_BYTES = 32 << 10  # all of them together
 
 class _EdgeMiddleware:
     """Everything a request meets before a route: a valid request id, header and body limits, auth and
-    the rate check before any body is read, the fast path, one JSON access-log line and request metrics."""
+    the rate check before any body is read (a `PipelineRoute` does its own), one JSON access-log line and
+    request metrics."""
 
-    def __init__(self, app, runtime_ref: dict, fast_path: FastPath | None = None, api: FastAPI | None = None):
+    def __init__(self, app, runtime_ref: dict, api: FastAPI | None = None, pipeline: tuple[PipelineRoute, ...] = ()):
         self.app = app
         self.runtime_ref = runtime_ref
-        self.fast_path = fast_path
         self.api = api
+        self.pipeline = pipeline
         self._templates: list[tuple[str, re.Pattern, frozenset[str]]] | None = None
 
     async def __call__(self, scope, receive, send):
@@ -81,10 +82,10 @@ class _EdgeMiddleware:
 
         try:
             try:
-                fast, route = self._admit(scope, headers, runtime)
-                if fast is not None:
-                    await self.fast_path.serve(*fast, scope, receive, send_with_id, headers, request_id,
-                                               limit=runtime.gateway.max_body_bytes)
+                route = self._admit(scope, headers, runtime)
+                if isinstance(route, PipelineRoute):
+                    response = await route.answer(scope, receive)
+                    await response(scope, receive, send_with_id)
                     return
                 if route is not None:
                     receive = await self._gate_body(scope, receive, headers, runtime, request_id)
@@ -96,20 +97,21 @@ class _EdgeMiddleware:
         finally:
             self._record(scope, state, status["code"], started, runtime, note)
 
-    def _admit(self, scope, headers: dict[bytes, bytes], runtime: Runtime):
-        """Header checks; then (fast-path match, None), (None, FastAPI route whose body the edge reads) or
-        (None, None): pass through."""
+    def _admit(self, scope, headers: dict[bytes, bytes], runtime: Runtime) -> PipelineRoute | str | None:
+        """Header checks and the declared body size; then the prediction route to answer at once, or the
+        template of a route whose body the edge reads, or None: pass through."""
         _check_headers(scope["headers"])
         if scope["method"] not in _BODY_METHODS:
-            return None, None
+            return None
         limit = _body_limit(scope, runtime)
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise PayloadTooLarge(too_large(int(length), limit))
-        fast = self.fast_path
-        if fast is not None and (matched := fast.match(scope)) is not None:
-            return matched, None
-        return None, self._body_route(scope)
+        for route in self.pipeline:
+            if scope["method"] in route.methods and (m := route.path_regex.match(scope["path"])) is not None:
+                scope["route"], scope["path_params"] = route, m.groupdict()
+                return route
+        return self._body_route(scope)
 
     def _routes(self) -> list[tuple[str, re.Pattern, frozenset[str]]]:
         """(template, pattern, methods taking a body) of every documented route, from the OpenAPI document."""
@@ -226,6 +228,6 @@ def create_app(
     for module in (workflows, models, jobs, requests, admin, ops):
         app.include_router(module.router)
     install_docs(app)
-    fast_path = FastPath(runtime) if runtime.gateway.fast_path else None
-    app.add_middleware(_EdgeMiddleware, runtime_ref=ref, fast_path=fast_path, api=app)
+    pipeline = tuple(r for m in (workflows, models) for r in m.router.routes if isinstance(r, PipelineRoute))
+    app.add_middleware(_EdgeMiddleware, runtime_ref=ref, api=app, pipeline=pipeline)
     return app

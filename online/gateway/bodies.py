@@ -1,4 +1,4 @@
-"""Request bodies at the edge: one reader and one JSON check for the fast path and the FastAPI routes.
+"""Request bodies at the edge: one reader and one JSON check for the prediction pipeline and the other body routes.
 
 Every route that takes a body takes `application/json` and nothing else (415 otherwise). The body
 is read at most `limit` bytes far (413 as soon as it passes the limit, nothing more is buffered),

@@ -24,7 +24,7 @@ JSON = "application/json"
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One authenticated prediction request, however it arrived (FastAPI route or the fast path)."""
+    """One authenticated prediction request (built by `pipeline._admit` or the `PredictCall` dependency)."""
 
     runtime: Runtime
     caller: Caller
@@ -74,7 +74,7 @@ async def respond(
     """Run `run` once per idempotency key (replaying the stored answer) and render JSON.
 
     The request counts against the tenant's daily quota here unless it was counted with its rate
-    token (`caller.quota_counted`, the fast path: one shared-state call per request). `run` holds
+    token (`caller.quota_counted`, a `PipelineRoute`: one shared-state call per request). `run` holds
     one of the tenant's in-flight slots on this gateway (429 when they are all taken). A twin
     request in flight elsewhere is waited for at most `deadline_ms` (else the default deadline).
     """

@@ -31,7 +31,6 @@ class GatewaySettings(BaseSettings):
     record_enabled: bool = Field(
         default=True, description="Keep one `requests` row per prediction request (GET /v1/requests/{id}).")
     shadow_concurrency: int = 8
-    fast_path: bool = Field(default=True, description="Serve the prediction routes without FastAPI's per-request machinery.")
     coalesce: bool = Field(default=True, description="Merge concurrent calls for one model version into one.")
     coalesce_max_instances: int = Field(default=64, ge=1, description="Most inputs in one merged call.")
     coalesce_max_inflight: int = Field(

@@ -334,6 +334,8 @@ class _WorkerQueue:
 
 
 class _TimedBatchedLoop(BatchedLoop):
+    _last_requests = 0  # requests in the last batch: 0 or 1 means the worker is idle or lightly used
+
     def __call__(self, lit_api, device, worker_id, request_queue, *args, **kwargs):
         queue = _WorkerQueue(request_queue, lit_api.observe_queue_wait)
         super().__call__(lit_api, device, worker_id, queue, *args, **kwargs)
@@ -341,15 +343,24 @@ class _TimedBatchedLoop(BatchedLoop):
     def get_batch_requests(self, lit_api, request_queue, transport):
         if not request_queue.wait(timeout=1.0):
             return [], []
-        if request_queue.holds_batched():
-            # Batched upstream: waiting out the window would only add latency. Take what is queued now.
-            return self._collect(lit_api, request_queue, transport, lit_api.max_batch_size, 0.0)
+        if request_queue.holds_batched() or self._last_requests <= 1:
+            # Batched upstream, or a request reaching an idle worker (its last batch was a lone request):
+            # waiting out the window would only add latency (measured: the whole window on every request
+            # of a lone client). Take what is queued now; what arrives meanwhile makes the next batch.
+            payloads, timed_out = self._collect(lit_api, request_queue, transport, lit_api.max_batch_size, 0.0)
+        else:
+            payloads, timed_out = self._wave(lit_api, request_queue, transport)
+        self._last_requests = len(payloads) + len(timed_out)
+        return payloads, timed_out
+
+    def _wave(self, lit_api, request_queue, transport):
         window, most = lit_api.batch_timeout, lit_api.max_batch_size
         payloads, timed_out = super().get_batch_requests(lit_api, request_queue, transport)
         # A wave of clients whose answers just went out comes back spread over more than one window
         # (measured at 32 clients: batches of 18 on average where 32 were waiting; MiniLM does 145
         # texts/s in batches of 16 and 174 in batches of 32). While requests keep arriving, keep
-        # collecting in half-windows, up to 4 windows in all. A lone request still waits one window.
+        # collecting in half-windows, up to 4 windows in all. A lone request right after a wave still
+        # waits one window (more of the wave may be on its way).
         cap = time.monotonic() + 3 * window
         while (window > 0 and len(payloads) < most and time.monotonic() < cap
                and time.monotonic() - request_queue.last_item_at < window / 2):

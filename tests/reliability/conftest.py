@@ -55,10 +55,10 @@ def home(tmp_path_factory) -> Home:
     return make_home(tmp_path_factory.mktemp("home"))
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["fast-path", "fastapi"])
-def client(request, home: Home):
-    """The gateway in-process (no model servers), once per request path."""
-    app = create_app(home.settings, GatewaySettings(fast_path=request.param, log_enabled=False,
+@pytest.fixture(scope="module")
+def client(home: Home):
+    """The gateway in-process (no model servers)."""
+    app = create_app(home.settings, GatewaySettings(log_enabled=False,
                                                     max_body_bytes=64 << 10, max_job_body_bytes=1 << 20))
     with TestClient(app, raise_server_exceptions=False) as c:
         c.runtime = app.state.runtime

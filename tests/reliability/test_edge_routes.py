@@ -156,7 +156,7 @@ def test_malformed_bodies_are_422_naming_the_problem_on_every_body_route(client,
         body = assert_problem(resp, 422, needle)
         assert body["errors"][0]["field"] == "body"
         details.add(body["detail"])
-    assert len(details) == 1  # the same words on the fast path, the FastAPI routes and the jobs route
+    assert len(details) == 1  # the same words on the prediction pipeline and the edge-read routes (jobs)
 
 
 def test_an_empty_body_without_a_content_type_is_422_not_415(client):

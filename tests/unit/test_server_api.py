@@ -337,6 +337,26 @@ class _FakeTransport:
         pass
 
 
+def test_a_request_reaching_an_idle_worker_does_not_wait_out_the_batch_window() -> None:
+    from types import SimpleNamespace
+
+    from online.servers.api import _TimedBatchedLoop
+
+    api = SimpleNamespace(max_batch_size=8, batch_timeout=0.5, request_timeout=-1, stream=False)
+    loop = _TimedBatchedLoop()
+    q: queue.Queue = queue.Queue()
+    wq = _WorkerQueue(q, lambda s: None)
+    for i in range(3):  # one client: every request finds the worker idle
+        q.put((0, f"lone-{i}", time.monotonic(), {"inputs": [{"text": "x"}]}))
+        started = time.monotonic()
+        payloads, _ = loop.get_batch_requests(api, wq, _FakeTransport())
+        assert [p[1] for p in payloads] == [f"lone-{i}"] and time.monotonic() - started < 0.25  # not the 0.5 s window
+    for i in range(3):  # what queued meanwhile leaves together, at once
+        q.put((0, f"queued-{i}", time.monotonic(), {"inputs": [{"text": "x"}]}))
+    payloads, _ = loop.get_batch_requests(api, wq, _FakeTransport())
+    assert [p[1] for p in payloads] == ["queued-0", "queued-1", "queued-2"]
+
+
 def test_the_batch_window_stays_open_while_a_wave_trickles_in_and_a_lone_request_waits_one_window() -> None:
     from types import SimpleNamespace
 
@@ -344,6 +364,7 @@ def test_the_batch_window_stays_open_while_a_wave_trickles_in_and_a_lone_request
 
     api = SimpleNamespace(max_batch_size=8, batch_timeout=0.02, request_timeout=-1, stream=False)
     loop = _TimedBatchedLoop()
+    loop._last_requests = 8  # the worker is busy: its last batch was a wave
     q: queue.Queue = queue.Queue()
     wq = _WorkerQueue(q, lambda s: None)
     # 8 requests 4 ms apart: one 20 ms window sees about 5; the wave needs ~32 ms (scheduling on a busy

@@ -19,9 +19,10 @@ from online.gateway.api_models import (
     RerankResponse,
     problem_responses,
 )
-from online.gateway.deps import Caller, DeadlineDep, IdempotencyKey, PredictCaller, RuntimeDep
+from online.gateway.deps import Caller
 from online.gateway.engine import StepReport
 from online.gateway.execution import Call, metadata, request_context, respond, validate
+from online.gateway.pipeline import PredictCall, pipeline_route
 from online.gateway.problems import InvalidInput, PayloadTooLarge, redact_step_errors
 from online.gateway.record import note_body, note_steps
 from online.gateway.runtime import Runtime
@@ -125,28 +126,24 @@ async def rerank_core(call: Call, body: RerankRequest) -> Response:
                          deadline_ms=call.deadline_ms)
 
 
-# The routes below document the API and serve it when the fast path (online.gateway.fastpath) is off;
-# both call the cores above.
+# The routes: FastAPI documents them from these signatures, a PipelineRoute serves them (online.gateway.pipeline).
 
 
-@router.post("/v1/models/{name}/predict", response_model=PredictResponse, responses=_ERRORS,
-             summary="Predict with one model")
-async def predict(name: str, body: PredictRequest, caller: PredictCaller, runtime: RuntimeDep,
-                  deadline: DeadlineDep, idempotency_key: IdempotencyKey = None) -> PredictResponse:
+@pipeline_route(router, "/v1/models/{name}/predict", response_model=PredictResponse, responses=_ERRORS,
+                summary="Predict with one model")
+async def predict(name: str, body: PredictRequest, call: PredictCall) -> PredictResponse:
     """Run one model over `instances` (each validated against the model's task schema)."""
-    return await predict_core(Call(runtime, caller, deadline, idempotency_key), name, body)
+    return await predict_core(call, name, body)
 
 
-@router.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=_ERRORS,
-             summary="Create embeddings (OpenAI-compatible)")
-async def embeddings(body: EmbeddingsRequest, caller: PredictCaller, runtime: RuntimeDep,
-                     deadline: DeadlineDep, idempotency_key: IdempotencyKey = None) -> EmbeddingsResponse:
+@pipeline_route(router, "/v1/embeddings", response_model=EmbeddingsResponse, responses=_ERRORS,
+                summary="Create embeddings (OpenAI-compatible)")
+async def embeddings(body: EmbeddingsRequest, call: PredictCall) -> EmbeddingsResponse:
     """Embed one text or a list of texts; works with the `openai` Python client."""
-    return await embeddings_core(Call(runtime, caller, deadline, idempotency_key), body)
+    return await embeddings_core(call, body)
 
 
-@router.post("/v1/rerank", response_model=RerankResponse, responses=_ERRORS, summary="Rerank documents")
-async def rerank(body: RerankRequest, caller: PredictCaller, runtime: RuntimeDep, deadline: DeadlineDep,
-                 idempotency_key: IdempotencyKey = None) -> RerankResponse:
+@pipeline_route(router, "/v1/rerank", response_model=RerankResponse, responses=_ERRORS, summary="Rerank documents")
+async def rerank(body: RerankRequest, call: PredictCall) -> RerankResponse:
     """Order `documents` by relevance to `query`; returns the top `top_n` with scores."""
-    return await rerank_core(Call(runtime, caller, deadline, idempotency_key), body)
+    return await rerank_core(call, body)

@@ -7,8 +7,9 @@ import time
 from fastapi import APIRouter, Response
 
 from online.gateway.api_models import RunRequest, RunResponse, problem_responses
-from online.gateway.deps import CallerDep, DeadlineDep, IdempotencyKey, PredictCaller, RuntimeDep
+from online.gateway.deps import CallerDep, RuntimeDep
 from online.gateway.execution import Call, metadata, request_context, respond, validate
+from online.gateway.pipeline import PredictCall, pipeline_route
 from online.gateway.problems import redact_step_errors
 from online.gateway.record import note_body, note_steps
 
@@ -48,20 +49,11 @@ async def run_workflow_core(call: Call, name: str, body: RunRequest) -> Response
                          deadline_ms=call.deadline_ms)
 
 
-@router.post(
-    "/{name}/run", response_model=RunResponse, summary="Run a workflow synchronously",
-    responses=problem_responses(401, 403, 404, 409, 413, 415, 422, 429, 502, 503, 504),
-)
-async def run_workflow(
-    name: str,
-    body: RunRequest,
-    caller: PredictCaller,
-    runtime: RuntimeDep,
-    deadline: DeadlineDep,
-    idempotency_key: IdempotencyKey = None,
-) -> RunResponse:
+@pipeline_route(router, "/{name}/run", response_model=RunResponse, summary="Run a workflow synchronously",
+                responses=problem_responses(401, 403, 404, 409, 413, 415, 422, 429, 502, 503, 504))
+async def run_workflow(name: str, body: RunRequest, call: PredictCall) -> RunResponse:
     """Run every step of the workflow (independent steps in parallel) and return its output."""
-    return await run_workflow_core(Call(runtime, caller, deadline, idempotency_key), name, body)
+    return await run_workflow_core(call, name, body)
 
 
 def _describe(spec) -> dict:
