@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -160,10 +161,15 @@ def _quantize(src: Path, dest: Path) -> None:
     if not exclude:
         raise ArtifactError(f"{src}: found no feed-forward down-projection MatMul to keep in fp32; "
                             "the exported graph's node names changed")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    root = logging.getLogger()
+    quiet = logging.Filter()
+    quiet.filter = lambda record: "pre-processing before quantization" not in record.getMessage()
+    root.addFilter(quiet)  # the quantiser's advice is for static (calibrated) quantisation, not this
+    try:
         quantize_dynamic(str(src), str(dest), weight_type=getattr(QuantType, q["weight_type"]),
                          per_channel=q["per_channel"], reduce_range=q["reduce_range"],
                          op_types_to_quantize=q["op_types"], nodes_to_exclude=exclude,
                          # The fused contrib ops defeat shape inference; their outputs are float.
                          extra_options={"DefaultTensorType": TensorProto.FLOAT})
+    finally:
+        root.removeFilter(quiet)
