@@ -23,7 +23,7 @@ ONNX_CACHE_ENV = "TANDEM_ONNX_CACHE"
 
 
 def default_onnx_cache() -> Path:
-    """Where exported `.onnx` files are cached when no TANDEM_HOME says otherwise."""
+    """Where exported `.onnx` files are cached when no caller names a place (`tandem init` uses TANDEM_HOME's)."""
     return Path(os.environ.get(ONNX_CACHE_ENV) or Path(tempfile.gettempdir()) / "tandem-onnx-cache")
 
 

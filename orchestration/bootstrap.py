@@ -49,7 +49,7 @@ def init_home(settings: TandemSettings, *, corpus_size: int = 4000, say: Callabl
 
     rows = generate_demo_corpus(corpus_size, seed=0)
     evals = EvalSet.make({r["text"] for r in rows})
-    onnx_cache = settings.home / "cache" / "onnx"
+    onnx_cache = settings.onnx_cache_dir
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         say(f"[2/{steps}] embedder: v1 torch fp32 (the reference), v2 torch int8, v3/v4 ONNX Runtime fp32/int8 "
