@@ -169,3 +169,32 @@ def test_encoders_in_length_buckets_match_each_text_encoded_alone(backend, rows,
     bucketed = encoder.encode(texts, batch_size=8)
     alone = np.concatenate([encoder.encode([t]) for t in texts])
     np.testing.assert_allclose(bucketed, alone, atol=1e-4)
+
+
+def test_a_model_server_serves_onnx_int8_beside_torch_fp32(tmp_path, cache):
+    """A real server process: the ORT session is created in the inference worker, next to torch."""
+    import httpx
+
+    from models.settings import TandemSettings
+    from orchestration.bootstrap import Platform
+    from tests.integration.conftest import base_env, model_server
+
+    home = tmp_path / "home"
+    reg = Platform.open(TandemSettings(home=home)).registry
+    reg.register("embedder", "embed", write_embedder_artifact(tmp_path / "e1", quantize=False), version="1")
+    reg.register("embedder", "embed", write_onnx_embedder_artifact(tmp_path / "e4", "int8", cache), version="4")
+    server = model_server(base_env(home), home, "embedder", "1,4").start(tmp_path)
+    try:
+        server.wait_healthy(timeout_s=180)
+        url = server.health.removesuffix("/health") + "/predict"
+        texts = ["Rates rose again.", "The striker scored twice in the derby on a cold evening."]
+        vectors = {}
+        for version in ("1", "4"):
+            r = httpx.post(url, json={"version": version, "inputs": [{"text": t} for t in texts]}, timeout=60)
+            assert r.status_code == 200, r.text
+            assert r.json()["version"] == version and len(r.json()["outputs"]) == len(texts)
+            vectors[version] = np.array([o["embedding"] for o in r.json()["outputs"]])
+        assert np.sum(vectors["1"] * vectors["4"], axis=1).min() > 0.98
+        assert not np.allclose(vectors["1"], vectors["4"], atol=1e-4)
+    finally:
+        server.stop()
