@@ -109,16 +109,19 @@ def reranker_agreement(reference, op, inputs: list[RerankIn], *, against: str,
             "threshold": threshold, "passed": value >= threshold, "n": len(inputs)}
 
 
-def throughput(op, inputs: list, *, batch: int = 32, rounds: int = 3) -> float:
-    """Inputs per second of `op.predict_batch` over batches of `batch`: the best of `rounds` passes.
+def throughput(ops: dict[str, object], inputs: list, *, batch: int = 32, rounds: int = 3) -> dict[str, float]:
+    """Inputs per second of each op's `predict_batch` over batches of `batch`: the best of `rounds` passes.
 
-    The best pass, because other processes on a shared machine only ever slow a pass down.
+    The ops take turns within every round, so a burst of other work on a shared machine falls on
+    all of them alike, and the best pass counts, because other processes only ever slow one down.
     """
-    op.predict_batch(inputs[:batch])  # warm-up: first-call allocations are not the steady state
-    best = 0.0
+    for op in ops.values():
+        op.predict_batch(inputs[:batch])  # warm-up: first-call allocations are not the steady state
+    best = dict.fromkeys(ops, 0.0)
     for _ in range(rounds):
-        started = time.perf_counter()
-        for start in range(0, len(inputs), batch):
-            op.predict_batch(inputs[start : start + batch])
-        best = max(best, len(inputs) / (time.perf_counter() - started))
+        for key, op in ops.items():
+            started = time.perf_counter()
+            for start in range(0, len(inputs), batch):
+                op.predict_batch(inputs[start : start + batch])
+            best[key] = max(best[key], len(inputs) / (time.perf_counter() - started))
     return best

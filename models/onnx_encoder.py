@@ -217,7 +217,7 @@ class OrtEmbedder(_OrtEmbedder):
 
 @register_kind(KIND_ONNX_INT8)
 class OrtInt8Embedder(_OrtEmbedder):
-    """all-MiniLM-L6-v2 on ONNX Runtime with dynamic int8 MatMuls (FFN down-projections kept fp32)."""
+    """all-MiniLM-L6-v2 on ONNX Runtime with dynamic int8 MatMul and Attention (layer 0 FFN down-projection fp32)."""
 
     kind = KIND_ONNX_INT8
 

@@ -5,9 +5,10 @@ weights and one of the `VARIANTS`:
 
 - `fp32`: exported with `torch.onnx.export` (TorchScript exporter, dynamic batch and sequence
   axes), then fused by ONNX Runtime's transformer optimizer (attention, LayerNorm, GELU kernels).
-- `int8`: the fused fp32 graph with `quantize_dynamic` int8 weights (per output channel), keeping in
-  fp32 the feed-forward down-projections — the same layers the torch int8 encoder keeps — whose
-  post-GELU inputs have outliers that a per-tensor dynamic activation scale clips.
+- `int8`: the fused fp32 graph with `quantize_dynamic` int8 weights (per output channel) for every
+  MatMul and Attention node but the first layer's feed-forward down-projection: its post-GELU
+  inputs have outliers that a per-tensor dynamic activation scale clips, and it is the one layer
+  whose quantisation measurably hurts (figures in `RECIPES`).
 
 Files are cached under `<cache_root>/<weights_sha256[:16]>/<recipe digest>/`, so a second build
 (another `tandem init`, the next test session) only reads them back. The recipe — exporter, opset,
@@ -49,7 +50,10 @@ RECIPES: dict[str, dict] = {
             "per_channel": True,
             "reduce_range": False,
             "op_types": ["MatMul", "Attention"],
-            "exclude": "ffn down-projections (layer.N.output.dense)",
+            # Measured on 300 held-out demo sentences, cosine to torch fp32 (mean / min): every MatMul and
+            # Attention int8 0.9927 / 0.987; layer 0's FFN down-projection kept fp32 0.9943 / 0.991 (each
+            # other layer's adds <= 0.0006); all six kept fp32 0.9961 / 0.993, at a sixth of the MatMuls.
+            "exclude_ffn_down_layers": [0],
         },
     },
 }
@@ -137,17 +141,18 @@ def _optimize(src: Path, dest: Path) -> None:
     fused.save_model_to_file(str(dest))
 
 
-def ffn_down_projection_nodes(onnx_path: Path) -> list[str]:
-    """MatMul nodes computing `encoder.layer.N.output.dense` (named after the weight they read)."""
+def ffn_down_projection_nodes(onnx_path: Path, layers: list[int] | None = None) -> list[str]:
+    """MatMul nodes computing `encoder.layer.N.output.dense` (all N, or those in `layers`), in layer order."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     out = []
     for node in model.graph.node:
-        if node.op_type != "MatMul":
-            continue
         name = node.name.replace("/", ".")
-        if ".output.dense." in name and ".attention." not in name:
+        if node.op_type != "MatMul" or ".output.dense." not in name or ".attention." in name:
+            continue
+        layer = name.split("layer.", 1)[1].split(".", 1)[0] if "layer." in name else ""
+        if layers is None or (layer.isdigit() and int(layer) in layers):
             out.append(node.name)
     return out
 
@@ -157,8 +162,8 @@ def _quantize(src: Path, dest: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     q = RECIPES["int8"]["quantize_dynamic"]
-    exclude = ffn_down_projection_nodes(src)
-    if not exclude:
+    exclude = ffn_down_projection_nodes(src, q["exclude_ffn_down_layers"])
+    if len(exclude) != len(q["exclude_ffn_down_layers"]):
         raise ArtifactError(f"{src}: found no feed-forward down-projection MatMul to keep in fp32; "
                             "the exported graph's node names changed")
     root = logging.getLogger()
