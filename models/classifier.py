@@ -30,9 +30,9 @@ __all__ = [
     "MiniLMClassifier",
     "TrainResult",
     "corrupt_classifier_artifact",
-    "rebase_classifier",
     "evaluate_classifier",
     "macro_f1",
+    "rebase_classifier",
     "train_classifier",
     "training_data_hash",
 ]

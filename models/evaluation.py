@@ -25,10 +25,12 @@ __all__ = [
     "embed_vectors",
     "embedder_agreement",
     "labelled_evaluation",
+    "predicted_labels",
     "reference_itself",
-    "reranker_agreement",
     "rerank_inputs",
+    "reranker_agreement",
     "throughput",
+    "top1",
 ]
 
 COSINE_FP32 = 0.999
@@ -71,17 +73,21 @@ def embedder_agreement(reference: np.ndarray, op, texts: list[str], *, against: 
             "cosine_p01": round(float(np.quantile(cos, 0.01)), 6)}
 
 
-def classifier_agreement(reference, op, rows: list[dict], *, against: str, points: float = ACCURACY_POINTS) -> dict:
-    """Accuracy of `op` on labelled `rows`, passing within `points` (a fraction) of `reference`'s."""
-    inputs = [ClassifyIn(text=r["text"]) for r in rows]
+def predicted_labels(op, rows: list[dict]) -> list[str]:
+    """A classify op's labels for `rows` ({"text", ...})."""
+    return [o.label for o in _batched(op, [ClassifyIn(text=r["text"]) for r in rows])]
+
+
+def classifier_agreement(reference: list[str], op, rows: list[dict], *, against: str,
+                         points: float = ACCURACY_POINTS) -> dict:
+    """Accuracy of `op` on labelled `rows`, passing within `points` (a fraction) of the `reference` labels'."""
     truth = [r["label"] for r in rows]
-    ref = [o.label for o in _batched(reference, inputs)]
-    got = [o.label for o in _batched(op, inputs)]
-    acc_ref = float(np.mean([a == b for a, b in zip(ref, truth)]))
+    got = predicted_labels(op, rows)
+    acc_ref = float(np.mean([a == b for a, b in zip(reference, truth)]))
     acc = float(np.mean([a == b for a, b in zip(got, truth)]))
     return {"method": "reference", "against": against, "metric": "accuracy_delta", "value": round(acc - acc_ref, 6),
             "threshold": -points, "passed": acc >= acc_ref - points, "n": len(rows), "accuracy": acc,
-            "reference_accuracy": acc_ref, "label_agreement": float(np.mean([a == b for a, b in zip(got, ref)]))}
+            "reference_accuracy": acc_ref, "label_agreement": float(np.mean([a == b for a, b in zip(got, reference)]))}
 
 
 def rerank_inputs(rows: list[dict], *, queries: int, documents: int = 8, seed: int = 0) -> list[RerankIn]:
@@ -99,12 +105,15 @@ def rerank_inputs(rows: list[dict], *, queries: int, documents: int = 8, seed: i
     return out
 
 
-def reranker_agreement(reference, op, inputs: list[RerankIn], *, against: str,
+def top1(op, inputs: list[RerankIn]) -> list[int]:
+    """The index of each query's best document under a rerank op."""
+    return [o.results[0].index for o in _batched(op, inputs, 16)]
+
+
+def reranker_agreement(reference: list[int], op, inputs: list[RerankIn], *, against: str,
                        threshold: float = TOP1_AGREEMENT) -> dict:
-    """Share of queries whose top-1 document under `op` is `reference`'s top-1."""
-    ref = [o.results[0].index for o in _batched(reference, inputs, 16)]
-    got = [o.results[0].index for o in _batched(op, inputs, 16)]
-    value = float(np.mean([a == b for a, b in zip(ref, got)]))
+    """Share of queries whose top-1 document under `op` is the `reference` top-1."""
+    value = float(np.mean([a == b for a, b in zip(reference, top1(op, inputs))]))
     return {"method": "reference", "against": against, "metric": "top1_agreement", "value": value,
             "threshold": threshold, "passed": value >= threshold, "n": len(inputs)}
 

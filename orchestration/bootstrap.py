@@ -44,8 +44,13 @@ def init_home(settings: TandemSettings, *, corpus_size: int = 4000, say: Callabl
         platform.lake.ensure(name)
     reg = platform.registry
     from models.corpus import generate_demo_corpus
-    from orchestration.model_variants import (EvalSet, choose_stable, register_classifier_variants,
-                                              register_embedders, register_rerankers)
+    from orchestration.model_variants import (
+        EvalSet,
+        choose_stable,
+        register_classifier_variants,
+        register_embedders,
+        register_rerankers,
+    )
 
     rows = generate_demo_corpus(corpus_size, seed=0)
     evals = EvalSet.make({r["text"] for r in rows})
