@@ -67,9 +67,9 @@ def choose_providers(variant: str, device: str, available: list[str]) -> tuple[l
 
 
 def _intra_op_threads() -> int:
-    for var in ("OMP_NUM_THREADS",):
-        if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
-            return int(os.environ[var])
+    """The worker's thread budget: what the server gave torch (`OMP_NUM_THREADS`), else torch's, else all cores."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
     torch = sys.modules.get("torch")
     return torch.get_num_threads() if torch is not None else max(1, os.cpu_count() or 1)
 
@@ -130,7 +130,9 @@ _encoders_lock = threading.Lock()
 
 def get_ort_encoder(onnx_path: Path, file_sha256: str, variant: str, device: str = "cpu") -> OrtEncoder:
     """The process's shared encoder for (file digest, device); artifacts carrying the same file share it."""
-    key = (file_sha256, device)
+    import onnxruntime as ort
+
+    key = (file_sha256, choose_providers(variant, device, ort.get_available_providers())[1])
     with _encoders_lock:
         if key not in _encoders:
             _encoders[key] = OrtEncoder(onnx_path, variant, device)

@@ -79,6 +79,11 @@ def _register(reg: Registry, name: str, task: str, artifact_dir: Path, evaluate:
     if found is not None:
         say(f"      {name}@{found.version} already registered ({found.description})")
         return found
+    version = kwargs.get("version")
+    taken = {mv.version: mv for mv in reg.versions(name)} if _known(reg, name) else {}
+    if version in taken:  # versions are immutable: e.g. built by other library versions before an upgrade
+        say(f"      {name}@{version} already registered with another artifact (an earlier build); kept as it is")
+        return taken[version]
     metrics = dict(kwargs.pop("metrics", {}) or {})
     metrics["evaluation"] = evaluate() if evaluate else reference_itself()
     mv = reg.register(name, task, artifact_dir, metrics=metrics, actor="tandem init", **kwargs)
