@@ -97,6 +97,8 @@ def rerank_inputs(rows: list[dict], *, queries: int, documents: int = 8, seed: i
     for r in rows:
         by_label[r["label"]].append(r["text"])
     labels = sorted(k for k, v in by_label.items() if len(v) > documents)
+    if not labels:
+        raise ValueError(f"rerank queries need a label with more than {documents} rows; got {len(rows)} rows")
     out = []
     for i in range(queries):
         pool = by_label[labels[i % len(labels)]]
