@@ -36,6 +36,7 @@ __all__ = [
     "encoder_spec",
     "get_encoder",
     "package_weights_sha256",
+    "torch_device",
     "verify_base_weights",
     "verify_encoder_spec",
     "write_embedder_artifact",
