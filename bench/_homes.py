@@ -86,7 +86,12 @@ def real_home(path: Path, *, fresh: bool = False, say=print) -> Home:
         if path.exists():
             shutil.rmtree(path)
         say(f"building the reference models' home in {path} (tandem init, once)")
-        init_home(TandemSettings(home=path), corpus_size=600, say=lambda m: say(f"  {m}"))
+        platform = init_home(TandemSettings(home=path), corpus_size=600, say=lambda m: say(f"  {m}"))
+        # The serving cases start servers of version 1 and compare them with version 1 in-process: keep
+        # the torch reference stable here, whichever version init made stable (the ceiling case compares those).
+        for name in ("embedder", "classifier", "reranker"):
+            if platform.registry.state(name).stable != "1":
+                platform.registry.promote(name, "1", actor="bench", reason="serving cases measure version 1")
         (path / _READY).write_text("ok\n")
     else:
         # Every run starts with an empty prediction log, as on a fresh clone: a log grown over earlier

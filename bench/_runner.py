@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import batch, online, serving, sql
+from bench import batch, ceiling, online, serving, sql
 from bench._lab import Lab, RunConfig, usable_cores
 from bench._report import CaseResult, machine_facts, new_result, render_table, write_result
 
@@ -27,6 +27,7 @@ CASES: dict[str, Case] = {
     "logging": online.logging,
     "isolation": online.isolation,
     "batch": batch.batch,
+    "ceiling": ceiling.ceiling,
     "sql": sql.sql,
 }
 """Every case, in the order a run takes them (servers of the tiny home first, in-process cases last)."""

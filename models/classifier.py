@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.embedder import EMBED_DIM, encoder_spec, get_encoder, verify_encoder_spec
+from models.embedder import EMBED_DIM, encoder_spec, get_encoder
+from models.encoders import load_encoder, write_encoder
 from models.errors import ArtifactError, SchemaError
 from models.ops import MANIFEST, read_manifest, register_kind
 from models.schemas import ClassifyIn, ClassifyOut
@@ -31,6 +32,7 @@ __all__ = [
     "corrupt_classifier_artifact",
     "evaluate_classifier",
     "macro_f1",
+    "rebase_classifier",
     "train_classifier",
     "training_data_hash",
 ]
@@ -204,7 +206,6 @@ class MiniLMClassifier:
             raise ArtifactError(f"{artifact_dir}: manifest lacks {e.args[0]!r}") from None
         if dims.get("output") != len(self.labels) or dims.get("input") != EMBED_DIM:
             raise ArtifactError(f"{artifact_dir}: dims {dims} do not fit {len(self.labels)} labels over {EMBED_DIM}")
-        quantize = verify_encoder_spec(spec, artifact_dir)
         self.max_seq_length = int(spec.get("max_seq_length", 256))
         head = _make_head(len(self.labels), int(dims.get("hidden", _HIDDEN)))
         try:
@@ -214,9 +215,10 @@ class MiniLMClassifier:
             raise ArtifactError(f"{artifact_dir} has no {HEAD_FILE}") from None
         except (RuntimeError, ValueError, KeyError) as e:
             raise ArtifactError(f"{artifact_dir}/{HEAD_FILE} does not fit the manifest: {e}") from e
-        self.device = device
-        self.head = head.to(device).eval()
-        self.encoder = get_encoder(quantize, device)
+        self.encoder = load_encoder(spec, artifact_dir, device)
+        # The head follows its encoder: beside a GPU a CPU-only encoder keeps the head on the CPU too.
+        self.device = self.encoder.device
+        self.head = head.to(self.device).eval()
 
     def input_lengths(self, inputs: list[ClassifyIn]) -> list[int]:
         return self.encoder.token_lengths([x.text for x in inputs], self.max_seq_length)
@@ -247,6 +249,22 @@ def evaluate_classifier(op, rows: list[dict], batch_size: int = 64) -> dict:
         "macro_f1": macro_f1(truth, preds, labels),
         "n": len(rows),
     }
+
+
+def rebase_classifier(src: Path, dest: Path, backend: str, cache_root: Path | None = None) -> Path:
+    """Copy a classifier artifact with the same trained head over another encoder backend.
+
+    The head is unchanged; whether it still scores as well over the new encoder's vectors is for
+    an evaluation to show (`tandem init` records one).
+    """
+    src, dest = Path(src), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / HEAD_FILE, dest / HEAD_FILE)
+    manifest = read_manifest(src)
+    manifest["encoder"] = write_encoder(dest, backend, cache_root)
+    manifest["derived_from"] = {"training_data_hash": manifest.get("training_data_hash"), "encoder_backend": backend}
+    (dest / MANIFEST).write_text(json.dumps(manifest, sort_keys=True, indent=2))
+    return dest
 
 
 def corrupt_classifier_artifact(src: Path, dest: Path) -> Path:

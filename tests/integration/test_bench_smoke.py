@@ -18,7 +18,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-CASES = ["overhead", "lone", "batching", "cache", "sql"]
+CASES = ["overhead", "lone", "batching", "cache", "sql", "ceiling"]
 REQUIRED = {"case", "compared", "ratio", "target", "meets_target", "skipped", "raw", "machine", "quick"}
 MACHINE = {"date", "cores", "torch_threads", "packages", "load_generator", "loadavg_at_start"}
 

