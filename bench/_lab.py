@@ -56,6 +56,11 @@ _MAX_RPS = {"tiny": 4000, "main": 800}
 Body = Callable[[str], dict]
 
 
+def _served(home: Home, model: str) -> str:
+    """Version "1" (direct bodies and in-process baselines name it) and the default version (the gateway's)."""
+    return ",".join(dict.fromkeys(("1", home.default_version(model))))
+
+
 def model_body(text: str) -> dict:
     """A model server's `POST /predict` body."""
     return {"version": "1", "inputs": [{"text": text}]}
@@ -147,11 +152,10 @@ class Lab:
 
     def _spec(self, home: Home, name: str) -> Proc:
         env = base_env(home.path)
-        if name == "server-embedder":  # "1" (the direct bodies name it) and the default version
-            return model_server(env, home.path, "embedder",
-                                versions=",".join(dict.fromkeys(("1", home.default_version("embedder")))))
+        if name == "server-embedder":
+            return model_server(env, home.path, "embedder", versions=_served(home, "embedder"))
         if name == "server-classifier":
-            return model_server(env, home.path, "classifier")
+            return model_server(env, home.path, "classifier", versions=_served(home, "classifier"))
         if name == "server-embedder-unbatched":
             return model_server(env, home.path, "embedder", name=name, max_batch_size=1)
         if name == "gateway":
