@@ -29,7 +29,6 @@ from models.executor import OpResolver
 from models.gate import GateVerdict, gate_verdict
 from models.registry import AliasState
 
-
 _REPLAY = ReplayThresholds()
 
 

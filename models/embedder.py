@@ -32,6 +32,7 @@ from models.schemas import EmbedIn, EmbedOut
 __all__ = [
     "BASE_MODEL",
     "EMBED_DIM",
+    "EncoderEmbedder",
     "MiniLMEncoder",
     "encoder_spec",
     "get_encoder",
@@ -179,20 +180,24 @@ def _is_ffn_down_projection(name: str) -> bool:
     return name.endswith(".output.dense") and ".attention." not in name
 
 
-class _MiniLMEmbedder:
+class EncoderEmbedder:
+    """The embed op over a MiniLM encoder, whatever runs it: subclasses name their manifest `kind` and
+    open the encoder (`_open`); loading checks the manifest, predicting is the encoder's `encode`."""
+
     task = "embed"
-    quantize = False
+    kind = KIND_FP32
 
     def load(self, artifact_dir: Path, device: str) -> None:
         manifest = read_manifest(artifact_dir)
-        expected = KIND_INT8 if self.quantize else KIND_FP32
-        if manifest.get("kind") != expected:
-            raise ArtifactError(f"{artifact_dir}: manifest kind {manifest.get('kind')!r} is not {expected!r}")
-        verify_encoder_spec(manifest, artifact_dir)
-        self.max_seq_length = int(manifest.get("max_seq_length", MAX_SEQ_LENGTH))
+        if manifest.get("kind") != self.kind:
+            raise ArtifactError(f"{artifact_dir}: manifest kind {manifest.get('kind')!r} is not {self.kind!r}")
         if not manifest.get("normalize", True):
             raise ArtifactError(f"{artifact_dir}: only normalised MiniLM embeddings are supported")
-        self.encoder = get_encoder(self.quantize, device)
+        self.max_seq_length = int(manifest.get("max_seq_length", MAX_SEQ_LENGTH))
+        self.encoder = self._open(manifest, artifact_dir, device)
+
+    def _open(self, manifest: dict, artifact_dir: Path, device: str):
+        return get_encoder(verify_encoder_spec(manifest, artifact_dir), device)
 
     def predict_batch(self, inputs: list[EmbedIn]) -> list[EmbedOut]:
         vectors = self.encoder.encode([x.text for x in inputs], max_length=self.max_seq_length)
@@ -203,15 +208,15 @@ class _MiniLMEmbedder:
 
 
 @register_kind(KIND_FP32)
-class MiniLMEmbedder(_MiniLMEmbedder):
+class MiniLMEmbedder(EncoderEmbedder):
     """all-MiniLM-L6-v2 in fp32."""
 
 
 @register_kind(KIND_INT8)
-class MiniLMInt8Embedder(_MiniLMEmbedder):
+class MiniLMInt8Embedder(EncoderEmbedder):
     """all-MiniLM-L6-v2 with dynamic int8 Linear layers: faster, slightly different vectors."""
 
-    quantize = True
+    kind = KIND_INT8
 
 
 def write_embedder_artifact(dest: Path, quantize: bool) -> Path:

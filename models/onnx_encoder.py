@@ -26,11 +26,17 @@ from pathlib import Path
 import numpy as np
 
 from models._buckets import MAX_BUCKET, encode_in_buckets
-from models.embedder import BASE_MODEL, EMBED_DIM, MAX_SEQ_LENGTH, package_weights_sha256, verify_base_weights
+from models.embedder import (
+    BASE_MODEL,
+    EMBED_DIM,
+    MAX_SEQ_LENGTH,
+    EncoderEmbedder,
+    package_weights_sha256,
+    verify_base_weights,
+)
 from models.errors import ArtifactError, DigestMismatchError
 from models.onnx_export import ONNX_FILE, build_onnx, recipe
-from models.ops import MANIFEST, read_manifest, register_kind
-from models.schemas import EmbedIn, EmbedOut
+from models.ops import MANIFEST, register_kind
 
 __all__ = [
     "KIND_ONNX_FP32",
@@ -191,25 +197,11 @@ def load_onnx_encoder(spec: dict, artifact_dir: Path, device: str) -> OrtEncoder
     return get_ort_encoder(path, spec["file_sha256"], variant, device)
 
 
-class _OrtEmbedder:
-    task = "embed"
+class _OrtEmbedder(EncoderEmbedder):
     kind = KIND_ONNX_FP32
 
-    def load(self, artifact_dir: Path, device: str) -> None:
-        manifest = read_manifest(artifact_dir)
-        if manifest.get("kind") != self.kind:
-            raise ArtifactError(f"{artifact_dir}: manifest kind {manifest.get('kind')!r} is not {self.kind!r}")
-        if not manifest.get("normalize", True):
-            raise ArtifactError(f"{artifact_dir}: only normalised MiniLM embeddings are supported")
-        self.max_seq_length = int(manifest.get("max_seq_length", MAX_SEQ_LENGTH))
-        self.encoder = load_onnx_encoder(manifest, artifact_dir, device)
-
-    def predict_batch(self, inputs: list[EmbedIn]) -> list[EmbedOut]:
-        vectors = self.encoder.encode([x.text for x in inputs], max_length=self.max_seq_length)
-        return [EmbedOut(embedding=row.tolist()) for row in vectors]
-
-    def input_lengths(self, inputs: list[EmbedIn]) -> list[int]:
-        return self.encoder.token_lengths([x.text for x in inputs], self.max_seq_length)
+    def _open(self, manifest: dict, artifact_dir: Path, device: str):
+        return load_onnx_encoder(manifest, artifact_dir, device)
 
 
 @register_kind(KIND_ONNX_FP32)
