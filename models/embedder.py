@@ -34,6 +34,7 @@ __all__ = [
     "EMBED_DIM",
     "EncoderEmbedder",
     "MiniLMEncoder",
+    "Tokenizing",
     "encoder_spec",
     "get_encoder",
     "package_weights_sha256",
@@ -92,7 +93,21 @@ def verify_base_weights(spec: dict, where: Path | str) -> None:
         )
 
 
-class MiniLMEncoder:
+class Tokenizing:
+    """Token ids and lengths from an encoder's fast tokenizer (`_tokenizer`, guarded by `_tok_lock`:
+    fast tokenizers are not safe to call from several threads at once, "Already borrowed")."""
+
+    def token_ids(self, texts: list[str], max_length: int = MAX_SEQ_LENGTH) -> list[list[int]]:
+        """Token ids per text, unpadded (special tokens included, truncated to `max_length`)."""
+        with self._tok_lock:
+            return self._tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+    def token_lengths(self, texts: list[str], max_length: int = MAX_SEQ_LENGTH) -> list[int]:
+        """Tokens per text as `encode` feeds them to the model (special tokens included, truncated)."""
+        return [len(i) for i in self.token_ids(texts, max_length)]
+
+
+class MiniLMEncoder(Tokenizing):
     """Mean-pooled MiniLM sentence vectors; `encode` returns L2-normalised float32 rows in input order."""
 
     dim = EMBED_DIM
@@ -115,15 +130,6 @@ class MiniLMEncoder:
         self._model = _quantize(model) if quantize else model.to(self.device)
         # Fast tokenizers are not safe to call from several threads at once ("Already borrowed").
         self._tok_lock = threading.Lock()
-
-    def token_ids(self, texts: list[str], max_length: int = MAX_SEQ_LENGTH) -> list[list[int]]:
-        """Token ids per text, unpadded (special tokens included, truncated to `max_length`)."""
-        with self._tok_lock:
-            return self._tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-
-    def token_lengths(self, texts: list[str], max_length: int = MAX_SEQ_LENGTH) -> list[int]:
-        """Tokens per text as `encode` feeds them to the model (special tokens included, truncated)."""
-        return [len(i) for i in self.token_ids(texts, max_length)]
 
     def encode(self, texts: list[str], *, batch_size: int = 64, max_length: int = MAX_SEQ_LENGTH) -> np.ndarray:
         """Embed `texts` as an (n, 384) array, run in length buckets of at most `batch_size` texts."""

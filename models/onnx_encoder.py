@@ -31,6 +31,7 @@ from models.embedder import (
     EMBED_DIM,
     MAX_SEQ_LENGTH,
     EncoderEmbedder,
+    Tokenizing,
     package_weights_sha256,
     verify_base_weights,
 )
@@ -80,7 +81,7 @@ def _intra_op_threads() -> int:
     return torch.get_num_threads() if torch is not None else max(1, os.cpu_count() or 1)
 
 
-class OrtEncoder:
+class OrtEncoder(Tokenizing):
     """Mean-pooled MiniLM sentence vectors from an ONNX file; `encode` returns unit rows in input order."""
 
     dim = EMBED_DIM
@@ -107,14 +108,6 @@ class OrtEncoder:
         self._inputs = {i.name for i in self._session.get_inputs()}
         self._tokenizer = AutoTokenizer.from_pretrained(str(get_model_path()), local_files_only=True)
         self._tok_lock = threading.Lock()
-
-    def token_ids(self, texts: list[str], max_length: int = MAX_SEQ_LENGTH) -> list[list[int]]:
-        """Token ids per text, unpadded (special tokens included, truncated to `max_length`)."""
-        with self._tok_lock:
-            return self._tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-
-    def token_lengths(self, texts: list[str], max_length: int = MAX_SEQ_LENGTH) -> list[int]:
-        return [len(i) for i in self.token_ids(texts, max_length)]
 
     def encode(self, texts: list[str], *, batch_size: int = MAX_BUCKET, max_length: int = MAX_SEQ_LENGTH) -> np.ndarray:
         """Embed `texts` as an (n, 384) array, run in length buckets of at most `batch_size` texts."""
