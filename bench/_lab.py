@@ -138,6 +138,13 @@ class Lab:
             group.start(*(self._spec(home, n) for n in rest))
         return {n: group[n] for n in names}
 
+    def stop_except(self, kind: str, keep: set[str]) -> None:
+        """Stop the processes of home `kind` whose names are not in `keep`."""
+        kind = "tiny" if self.config.quick else kind
+        group = self._groups.get(kind)
+        if group is not None:
+            group.stop_only([n for n in group.procs if n not in keep])
+
     def release(self, keep: set[str]) -> None:
         """Stop the processes of every home not in `keep`."""
         keep = {"tiny"} if self.config.quick and keep else keep

@@ -111,9 +111,12 @@ class Group:
         return {name: p.cpu_seconds() for name, p in self.procs.items()}
 
     def stop(self) -> None:
-        for p in reversed(list(self.procs.values())):
-            p.stop()
-        self.procs.clear()
+        self.stop_only(list(self.procs))
+
+    def stop_only(self, names: list[str]) -> None:
+        """Stop the named processes (in reverse start order) and forget them."""
+        for name in reversed([n for n in self.procs if n in names]):
+            self.procs.pop(name).stop()
 
 
 def model_server(env: dict, home: Path, model: str, *, name: str | None = None, versions: str = "1",

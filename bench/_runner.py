@@ -73,11 +73,16 @@ def run(names: list[str], config: RunConfig, out_dir: Path, *, console: Console 
 
 
 def _start_processes(lab: Lab, case: str, remaining: list[str]) -> None:
-    """Stop the processes of homes `case` does not use; start what it and later cases of its home need."""
+    """Run `case` beside exactly the processes it uses (plus the servers and gateway of its home).
+
+    Processes of other homes stop; so do side apps of this home that `case` does not use (an idle
+    LitServe app polls its queues at ~0.15-0.2 cores, which the measured side would pay), and are
+    started again by a later case that needs them. What this case's home still needs later stays up.
+    """
     if case not in online.NEEDS:
         lab.release(set())
         return
-    kind = online.NEEDS[case][0]
+    kind, names = online.NEEDS[case]
     lab.release({kind})
-    names = {p for c in remaining if c in online.NEEDS and online.NEEDS[c][0] == kind for p in online.NEEDS[c][1]}
+    lab.stop_except(kind, {*names, *online.SHARED})
     lab.need(kind, *sorted(names))

@@ -42,7 +42,10 @@ NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "logging": ("main", ("server-embedder", "gateway", "gateway-nolog")),
     "isolation": ("main", ("server-embedder", "gateway")),
 }
-"""The home and the processes each case uses; a run starts those of all its cases at once."""
+"""The home and the processes each case uses; a case runs beside those and `SHARED` only."""
+
+SHARED = ("server-embedder", "server-classifier", "gateway")
+"""Kept up between the cases of a home: most cases use them, and they cost nothing while idle."""
 
 
 def _rps(runs: list[dict]) -> list[float]:

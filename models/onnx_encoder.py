@@ -9,7 +9,8 @@ attention mask and L2-normalised, as `models.embedder.MiniLMEncoder` makes them.
 created on first use, i.e. in `load()`, which servers run in the inference worker after it starts.
 Threads follow the worker's torch setting (`OMP_NUM_THREADS`, which `online.servers` sets per
 worker), with one inter-op thread and sequential execution, so a worker never takes more cores
-than it was given; spinning is off when `OMP_WAIT_POLICY=PASSIVE` (see `online.servers.run`).
+than it was given; spinning is off when `OMP_WAIT_POLICY=PASSIVE` (see `online.servers.run`). On the
+CPU a batch of several rows runs as one slice per thread at once, each on a one-thread session.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import shutil
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -95,16 +97,18 @@ class OrtEncoder(Tokenizing):
         if self.device != device:
             logger.info("%s runs on the CPU (%s): running on cpu beside %s", _KIND_OF[variant],
                         "int8 kernels are CPU-only" if variant == "int8" else "no CUDA provider", device)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = _intra_op_threads()
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        threads = _intra_op_threads()
         self.variant = variant
         self.kind = _KIND_OF[variant]
-        self._session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
+        self._session = ort.InferenceSession(str(onnx_path), _session_options(threads), providers=providers)
+        # Data parallelism on the CPU: a batch of several rows runs as `threads` slices at once, each on a
+        # one-thread session (ONNX Runtime's Run is thread-safe and releases the GIL), which keeps every
+        # core busy through the small kernels that intra-op threads leave idle (int8, 2 cores, batches of
+        # 32: 424 vs 401 texts/s). A lone row still gets every thread of the first session.
+        self._slices = threads if self.device == "cpu" and threads > 1 else 1
+        self._single = (ort.InferenceSession(str(onnx_path), _session_options(1), providers=providers)
+                        if self._slices > 1 else None)
+        self._pool = ThreadPoolExecutor(self._slices, thread_name_prefix="ort-slice") if self._single else None
         self._inputs = {i.name for i in self._session.get_inputs()}
         self._tokenizer = AutoTokenizer.from_pretrained(str(get_model_path()), local_files_only=True)
         self._tok_lock = threading.Lock()
@@ -113,14 +117,36 @@ class OrtEncoder(Tokenizing):
         """Embed `texts` as an (n, 384) array, run in length buckets of at most `batch_size` texts."""
 
         def run(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-            feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
-            hidden = self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
-            m = mask[..., None].astype(np.float32)
-            pooled = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
-            return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            if self._single is None or len(input_ids) < 2:
+                return self._pooled(self._session, input_ids, mask)
+            cuts = np.array_split(np.arange(len(input_ids)), min(self._slices, len(input_ids)))
+            parts = self._pool.map(lambda rows: self._pooled(self._single, input_ids[rows], mask[rows]), cuts)
+            return np.concatenate(list(parts))
 
         ids = self.token_ids(texts, max_length)
         return encode_in_buckets(ids, run, self.dim, pad_id=self._tokenizer.pad_token_id or 0, max_size=batch_size)
+
+    def _pooled(self, session, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Unit mean-pooled vectors of one padded group (rows of equal width)."""
+        feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+        hidden = session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+        m = mask[..., None].astype(np.float32)
+        pooled = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+
+def _session_options(threads: int):
+    """Session options for `threads` intra-op threads, one inter-op thread, no spinning when passive."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
 
 
 _encoders: dict[tuple[str, str], OrtEncoder] = {}
@@ -199,12 +225,12 @@ class _OrtEmbedder(EncoderEmbedder):
 
 @register_kind(KIND_ONNX_FP32)
 class OrtEmbedder(_OrtEmbedder):
-    """all-MiniLM-L6-v2 on ONNX Runtime, fp32 with fused attention/LayerNorm/GELU kernels."""
+    """all-MiniLM-L6-v2 on ONNX Runtime, fp32 with fused embedding-LayerNorm and bias-GELU kernels."""
 
 
 @register_kind(KIND_ONNX_INT8)
 class OrtInt8Embedder(_OrtEmbedder):
-    """all-MiniLM-L6-v2 on ONNX Runtime with dynamic int8 MatMul and Attention (layer 0 FFN down-projection fp32)."""
+    """all-MiniLM-L6-v2 on ONNX Runtime with dynamic int8 MatMuls (layer 0 FFN down-projection fp32)."""
 
     kind = KIND_ONNX_INT8
 
