@@ -56,12 +56,23 @@ def _p(runs: list[dict], key: str) -> list[float]:
     return [r[key] for r in runs]
 
 
-def _throughputs(lab: Lab, res: CaseResult, clients: int = 32, **sides: Endpoint) -> tuple[list[dict], list[dict]]:
-    """Throughput of two set-ups (A then B, as named) under the same load, alternating runs: ratio A ÷ B."""
+def _throughputs(lab: Lab, res: CaseResult, clients: int = 32, *, freeze_b: bool = False,
+                 **sides: Endpoint) -> tuple[list[dict], list[dict]]:
+    """Throughput of two set-ups (A then B, as named) under the same load, alternating runs: ratio A ÷ B.
+
+    `freeze_b`: A runs while B's process is stopped (SIGSTOP), so A does not pay for B's idle polling
+    (B still shares the machine with A's idle processes: the comparison stays conservative for A)."""
     (name_a, a), (name_b, b) = sides.items()
     lab.warm(a, clients)
     lab.warm(b, clients)
-    runs_a, runs_b = alternate(lab.config.reps, lambda: lab.hit(a, clients), lambda: lab.hit(b, clients))
+
+    def run_a() -> dict:
+        if not freeze_b:
+            return lab.hit(a, clients)
+        with b.proc.frozen():
+            return lab.hit(a, clients)
+
+    runs_a, runs_b = alternate(lab.config.reps, run_a, lambda: lab.hit(b, clients))
     res.ratio = paired_ratio(_rps(runs_a), _rps(runs_b))
     res.raw = {name_a: runs_a, name_b: runs_b}
     res.summary = f"{median(_rps(runs_a)):.0f} vs {median(_rps(runs_b)):.0f} req/s"
