@@ -73,11 +73,11 @@ def run(names: list[str], config: RunConfig, out_dir: Path, *, console: Console 
 
 
 def _start_processes(lab: Lab, case: str, remaining: list[str]) -> None:
-    """Run `case` beside exactly the processes it uses (plus the servers and gateway of its home).
+    """Run `case` beside exactly the processes it uses and its home's `online.SHARED` ones.
 
     Processes of other homes stop; so do side apps of this home that `case` does not use (an idle
-    LitServe app polls its queues at ~0.15-0.2 cores, which the measured side would pay), and are
-    started again by a later case that needs them. What this case's home still needs later stays up.
+    LitServe app polls its queues at ~0.15-0.2 cores, which the measured side would pay); a later
+    case that needs one starts it again.
     """
     if case not in online.NEEDS:
         lab.release(set())
