@@ -51,11 +51,11 @@ def run(names: list[str], config: RunConfig, out_dir: Path, *, console: Console 
     results = []
     try:
         selected = [n for n in CASES if n in names]
-        for i, name in enumerate(selected):
+        for name in selected:
             say(f"[bold]{name}[/bold]")
             started = time.perf_counter()
             try:
-                _start_processes(lab, name, selected[i:])
+                _start_processes(lab, name)
                 result = CASES[name](lab)
             except Exception as exc:  # noqa: BLE001 - a broken case must not lose the others' results; reported
                 console.print(traceback.format_exc(), markup=False, highlight=False, soft_wrap=True)
@@ -72,7 +72,7 @@ def run(names: list[str], config: RunConfig, out_dir: Path, *, console: Console 
     return results
 
 
-def _start_processes(lab: Lab, case: str, remaining: list[str]) -> None:
+def _start_processes(lab: Lab, case: str) -> None:
     """Run `case` beside exactly the processes it uses and its home's `online.SHARED` ones.
 
     Processes of other homes stop; so do side apps of this home that `case` does not use (an idle
