@@ -133,9 +133,9 @@ async def test_a_cancelled_waiting_caller_is_not_sent():
 
 async def test_after_a_busy_wave_the_next_call_waits_for_the_rest_of_the_wave():
     send = FakeSend(delay_s=0.03)
-    co = Coalescer(send, window_s=0.05)
+    co = Coalescer(send, window_s=0.15)
     await busy(co, 4)  # the wave of 4 went as one call: the lane is busy now
-    # The next wave trickles in 10 ms apart; it still leaves as one call (the 50 ms window).
+    # The next wave trickles in ~10 ms apart; it still leaves as one call (the 150 ms window).
     stragglers = []
     for i in range(4):
         stragglers.append(asyncio.create_task(co.predict(URL, "1", one(f"s{i}"), timeout_s=5)))
@@ -149,10 +149,11 @@ async def test_after_a_busy_wave_the_next_call_waits_for_the_rest_of_the_wave():
 
 async def test_a_trickling_wave_keeps_the_window_open_until_it_stops_or_max_wait():
     send = FakeSend(delay_s=0.02)
-    co = Coalescer(send, window_s=0.03, max_wait_s=0.2)
+    # Margins wide enough for a loaded CI box: a 20 ms sleep may overrun by tens of ms there.
+    co = Coalescer(send, window_s=0.15, max_wait_s=2.0)
     await busy(co, 8)
-    # 6 requests 20 ms apart: each arrives within the 30 ms gap of the one before, so all 6 leave
-    # together, although the first waited 100 ms in all (more than the gap, less than max_wait).
+    # 6 requests ~20 ms apart: each arrives within the 150 ms gap of the one before, so all 6 leave
+    # together, although the first waited 100+150 ms in all (more than the gap, less than max_wait).
     trickle = []
     for i in range(6):
         trickle.append(asyncio.create_task(co.predict(URL, "1", one(f"t{i}"), timeout_s=5)))
@@ -160,7 +161,7 @@ async def test_a_trickling_wave_keeps_the_window_open_until_it_stops_or_max_wait
     await asyncio.gather(*trickle)
     assert [len(texts) for _, texts, _ in send.calls][-1] == 6
 
-    co = Coalescer(send, window_s=0.03, max_wait_s=0.05)
+    co = Coalescer(send, window_s=0.15, max_wait_s=0.05)  # sleeps only overrun: the trickle spans >= 100 ms
     send.calls.clear()
     await busy(co, 8)
     trickle = []
