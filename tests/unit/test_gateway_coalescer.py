@@ -58,7 +58,7 @@ async def test_a_lone_call_is_sent_at_once_and_alone():
 
 
 async def test_calls_arriving_during_a_call_leave_together_and_get_their_own_outputs():
-    send = FakeSend(delay_s=0.05)
+    send = FakeSend(delay_s=0.2)  # long enough that the rest surely arrive while it is in flight
     co = Coalescer(send, window_s=0)
     first = asyncio.create_task(co.predict(URL, "1", one("first"), timeout_s=5))
     await asyncio.sleep(0.01)  # the first call is in flight now
@@ -109,7 +109,7 @@ async def test_a_rejected_merged_call_is_retried_per_member_so_only_the_bad_inpu
 
 
 async def test_a_failed_merged_call_reaches_every_member_with_its_own_exception():
-    send = FakeSend(delay_s=0.02, fail=True)
+    send = FakeSend(delay_s=0.1, fail=True)
     co = Coalescer(send, window_s=0)
     blocker = await in_flight(co)
     tasks = [asyncio.create_task(co.predict(URL, "1", one(str(i)), timeout_s=5)) for i in range(3)]
@@ -120,7 +120,7 @@ async def test_a_failed_merged_call_reaches_every_member_with_its_own_exception(
 
 
 async def test_a_cancelled_waiting_caller_is_not_sent():
-    send = FakeSend(delay_s=0.05)
+    send = FakeSend(delay_s=0.2)
     co = Coalescer(send, window_s=0)
     blocker = await in_flight(co)
     gone = asyncio.create_task(co.predict(URL, "1", one("gone"), timeout_s=5))
@@ -132,10 +132,10 @@ async def test_a_cancelled_waiting_caller_is_not_sent():
 
 
 async def test_after_a_busy_wave_the_next_call_waits_for_the_rest_of_the_wave():
-    send = FakeSend(delay_s=0.03)
-    co = Coalescer(send, window_s=0.15)
+    send = FakeSend(delay_s=0.1)
+    co = Coalescer(send, window_s=0.3)
     await busy(co, 4)  # the wave of 4 went as one call: the lane is busy now
-    # The next wave trickles in ~10 ms apart; it still leaves as one call (the 150 ms window).
+    # The next wave trickles in ~10 ms apart; it still leaves as one call (the 300 ms window).
     stragglers = []
     for i in range(4):
         stragglers.append(asyncio.create_task(co.predict(URL, "1", one(f"s{i}"), timeout_s=5)))
@@ -144,11 +144,11 @@ async def test_after_a_busy_wave_the_next_call_waits_for_the_rest_of_the_wave():
     assert [len(texts) for _, texts, _ in send.calls] == [1, 4, 4]
     # Quiet again: after one call a lone request no longer waits.
     await co.predict(URL, "1", one("lone"), timeout_s=5)
-    await asyncio.wait_for(co.predict(URL, "1", one("lone2"), timeout_s=5), 0.04)
+    await asyncio.wait_for(co.predict(URL, "1", one("lone2"), timeout_s=5), 0.25)  # the 0.1 s call, not the 0.3 s window
 
 
 async def test_a_trickling_wave_keeps_the_window_open_until_it_stops_or_max_wait():
-    send = FakeSend(delay_s=0.02)
+    send = FakeSend(delay_s=0.1)
     # Margins wide enough for a loaded CI box: a 20 ms sleep may overrun by tens of ms there.
     co = Coalescer(send, window_s=0.15, max_wait_s=2.0)
     await busy(co, 8)
