@@ -204,7 +204,7 @@ def test_concurrent_requests_get_their_own_versions_outputs(server: _Server) -> 
 
 
 def test_a_lone_request_and_one_batched_by_its_caller_skip_the_batch_window(store: ArtifactStore, tmp: Path) -> None:
-    srv = _Server(_spec(store, tmp, batch_timeout=0.5), tmp, "long-window")
+    srv = _Server(_spec(store, tmp, batch_timeout=2.0), tmp, "long-window")
     try:
         srv.wait_healthy()
 
@@ -215,8 +215,8 @@ def test_a_lone_request_and_one_batched_by_its_caller_skip_the_batch_window(stor
             return time.perf_counter() - started
 
         timed({"inputs": [{"text": "warm up"}], "batched": True})
-        assert timed({"inputs": [{"text": "lone"}]}) < 0.4  # an idle worker takes a lone request at once
-        assert timed({"inputs": [{"text": "pre-batched"}], "batched": True}) < 0.4
+        assert timed({"inputs": [{"text": "lone"}]}) < 1.0  # an idle worker takes a lone request at once
+        assert timed({"inputs": [{"text": "pre-batched"}], "batched": True}) < 1.0  # not the 2 s window
     finally:
         srv.stop()
 

@@ -116,13 +116,10 @@ def ctx(deadline_s: float = 5.0, **kw) -> RequestContext:
 async def test_enrich_runs_its_two_branches_concurrently():
     fake = FakeServers(delay_s=0.2)
     engine = make_engine(fake)
-    started = time.perf_counter()
     output, reports = await engine.run(WORKFLOWS["enrich"], {"text": "goal!"}, ctx())
-    elapsed = time.perf_counter() - started
     assert output["label"] == "sports" and len(output["embedding"]) == 4
     (_, _, s1, e1), (_, _, s2, e2) = fake.calls
     assert max(s1, s2) < min(e1, e2), "the embed and classify calls did not overlap"
-    assert elapsed < 0.38  # two 0.2 s calls run side by side, not one after the other
     assert [r.step for r in reports] == ["embed", "classify"]
 
 
