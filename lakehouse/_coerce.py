@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -75,13 +76,52 @@ def _from_rows(table: TableDef, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     _check_columns(table, list({key: None for row in rows for key in row}))
     arrays = []
     for field in table.schema:
+        values = [row.get(field.name) for row in rows]
+        if (fast := _float_lists(values, field.type)) is not None:
+            arrays.append(fast)
+            continue
         try:
-            arrays.append(pa.array([row.get(field.name) for row in rows], type=field.type))
+            arrays.append(pa.array(values, type=field.type))
         except _CONVERSION_ERRORS as exc:
             raise SchemaMismatchError(
                 f"{_where(table, field.name)}: expected {_expected(field)}, got values that do not convert: {exc}"
             ) from exc
     return pa.Table.from_arrays(arrays, schema=table.schema)
+
+
+_PACK_CODES = {pa.float32(): "f", pa.float64(): "d"}
+
+
+def _float_lists(values: list, typ: pa.DataType) -> pa.Array | None:
+    """`values` as a list<float> or list<list<float>> array, packed with `struct` (3-4x faster than
+    `pa.array`, which converts float by float: an embedding vector's 384 took ~14 us a row); None when
+    `typ` is another type or a value does not pack (a null element, a string), so `pa.array` converts
+    it and names what does not fit."""
+    if not pa.types.is_list(typ):
+        return None
+    inner = typ.value_type
+    nested = pa.types.is_list(inner)
+    code = _PACK_CODES.get(inner.value_type if nested else inner)
+    if code is None:
+        return None
+    chunks: list[bytes] = []
+    ends = [0]  # float offset after each vector
+    value_ends = [0]  # after each value: vectors so far (nested) or floats so far (flat)
+    mask = []
+    try:
+        for value in values:
+            mask.append(value is None)
+            for vector in (() if value is None else value if nested else (value,)):
+                chunks.append(struct.pack(f"{len(vector)}{code}", *vector))
+                ends.append(ends[-1] + len(vector))
+            value_ends.append(len(ends) - 1 if nested else ends[-1])
+    except (struct.error, TypeError, OverflowError):
+        return None
+    flat = pa.Array.from_buffers(inner.value_type if nested else inner, ends[-1],
+                                 [None, pa.py_buffer(b"".join(chunks))])
+    if nested:
+        flat = pa.ListArray.from_arrays(pa.array(ends, pa.int32()), flat, type=inner)
+    return pa.ListArray.from_arrays(pa.array(value_ends, pa.int32()), flat, type=typ, mask=pa.array(mask, pa.bool_()))
 
 
 def _from_arrow(table: TableDef, data: pa.Table) -> pa.Table:

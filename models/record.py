@@ -81,13 +81,18 @@ def protect_output(result: Any, raw_input: Any, policy: str, privacy: Privacy) -
     return split_output(result, inputs, lambda s: privacy.apply(policy, s))
 
 
+# Built once: `json.dumps` with arguments builds an encoder per call (a visible cost per gateway request).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
 def stored_input(raw: Any, policy: str, privacy: Privacy) -> tuple[str | None, str | None]:
     """(`input`, `input_hash`) columns for a raw input: the policy's form as JSON, and the keyed hash."""
     if raw is None:
         return None, None
     stored = privacy.apply(policy, raw)
-    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return (None if stored is None else json.dumps(stored, separators=(",", ":"))), privacy.input_hash(canonical)
+    canonical = _CANONICAL.encode(raw).encode()
+    return (None if stored is None else _COMPACT.encode(stored)), privacy.input_hash(canonical)
 
 
 def job_item_rows(job: dict[str, Any], inputs: Sequence[dict], result: BatchResult, policy: str,
@@ -108,7 +113,7 @@ def job_item_rows(job: dict[str, Any], inputs: Sequence[dict], result: BatchResu
             "status": r.status, "problem_type": "urn:tandem:problem:job-item-failed" if r.status == "error" else None,
             "http_status": None, "latency_ms": None, "trace_id": None, "pii_policy": policy,
             "input": stored, "input_hash": input_hash,
-            "output": None if output is None else json.dumps(output, separators=(",", ":")),
+            "output": None if output is None else _COMPACT.encode(output),
             "embeddings": vectors or None,
         })
     return rows

@@ -140,6 +140,40 @@ def test_lossy_casts_are_refused():
         coerce(PREDICTIONS, arrow_predictions(ts=nanos))
 
 
+REQUESTS = get_table("requests")
+
+
+def request_row(**overrides):
+    row = {"request_id": "r1", "tenant": "acme", "day": date(2026, 1, 4), "ts": TS, "kind": "sync",
+           "status": "ok", "pii_policy": "keep"}
+    return row | overrides
+
+
+@pytest.mark.parametrize("embeddings", [
+    [[[0.1, 0.2, 0.3], [1.0, -2.5, 3]]],  # two vectors, an int among the floats
+    [None, [], [[]], [[0.5]]],  # null, no vectors, an empty vector
+    [[(0.25, 0.5)]],  # a tuple
+    [[[float("nan"), float("inf"), 1e40]]],  # not finite, past float32's range
+])
+def test_vector_columns_are_packed_exactly_as_arrow_converts_them(embeddings):
+    out = coerce(REQUESTS, [request_row(request_id=str(i), embeddings=e) for i, e in enumerate(embeddings)])
+    expected = pa.array(embeddings, type=REQUESTS.schema.field("embeddings").type)
+    got = out.column("embeddings").combine_chunks()
+    assert got.type == expected.type and repr(got.to_pylist()) == repr(expected.to_pylist())  # repr: nan == nan
+
+
+@pytest.mark.parametrize("bad", [[["0.5"]], [[0.5, None]], [0.5], "abc"])
+def test_a_vector_that_does_not_pack_falls_back_to_arrow(bad):
+    typ = REQUESTS.schema.field("embeddings").type
+    try:
+        expected = pa.array([bad], type=typ)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        with pytest.raises(SchemaMismatchError, match="column 'embeddings'"):
+            coerce(REQUESTS, [request_row(embeddings=bad)])
+    else:  # a null element inside a vector is valid: it is stored as Arrow stores it
+        assert coerce(REQUESTS, [request_row(embeddings=bad)]).column("embeddings").combine_chunks().equals(expected)
+
+
 def test_unsupported_input_type_says_what_to_pass():
     with pytest.raises(TypeError, match="list of dicts"):
         coerce(JOBS, "not rows")
