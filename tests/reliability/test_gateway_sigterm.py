@@ -2,7 +2,7 @@
 
 Real processes: two tiny-model LitServe servers and the gateway (`python -m online.gateway`) on free
 ports, a few client threads posting distinct texts with their own `X-Request-Id`. The prediction log
-is buffered (flushed every 2 s, the default), so rows of the last answers are still in memory when the
+is buffered (flushed every 5 s, the default), so rows of the last answers are still in memory when the
 signal lands: shutdown must write them. A request refused or cut at shutdown is fine; a 200 whose
 rows are missing is a lost record.
 """
@@ -45,7 +45,7 @@ def cluster(tmp_path: Path):
     for name in ("embedder", "classifier"):
         reg.promote(name, "1", actor="test")
     _, key = TenantStore(settings.tenants_file).create("load", scopes={"predict"}, rate_per_s=1e6, burst=1_000_000)
-    env = base_env(home)  # the gateway's defaults: the log flushes every 2 s and on shutdown
+    env = base_env(home)  # the gateway's defaults: the log flushes every 5 s and on shutdown
     c = Cluster(home, env)
     try:
         c.url = c.start_servers_and_gateway({"embedder": "1", "classifier": "1"}, tmp_path)
