@@ -136,10 +136,13 @@ class Group:
 
 
 def model_server(env: dict, home: Path, model: str, *, name: str | None = None, versions: str = "1",
-                 max_batch_size: int | None = None, batch_timeout: float | None = None) -> Proc:
+                 max_batch_size: int | None = None, batch_timeout: float | None = None,
+                 device: str | None = None) -> Proc:
     port = free_port()
     args = [sys.executable, "-m", "online.servers", "--home", str(home), model, "--versions", versions,
             "--port", str(port), "--log-level", "warning"]
+    if device is not None:
+        args += ["--device", device]
     if max_batch_size is not None:
         args += ["--max-batch-size", str(max_batch_size)]
     if batch_timeout is not None:

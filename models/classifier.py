@@ -105,7 +105,7 @@ def train_classifier(
 
     t0 = time.perf_counter()
     say(f"embedding {len(rows)} texts with {'minilm-int8' if quantize_encoder else 'minilm'}")
-    vectors = get_encoder(quantize_encoder).encode([r["text"] for r in rows], batch_size=_BATCH)
+    vectors = get_encoder("int8" if quantize_encoder else "fp32").encode([r["text"] for r in rows], batch_size=_BATCH)
     say(f"embedded in {time.perf_counter() - t0:.1f}s")
     index = {label: i for i, label in enumerate(labels)}
     y = np.array([index[r["label"]] for r in rows], dtype=np.int64)
@@ -130,7 +130,7 @@ def train_classifier(
         "kind": KIND,
         "labels": labels,
         "dims": {"input": EMBED_DIM, "hidden": _HIDDEN, "output": len(labels)},
-        "encoder": encoder_spec(quantize_encoder),
+        "encoder": encoder_spec("int8" if quantize_encoder else "fp32"),
         "metrics": metrics,
         "training_data_hash": data_hash,
         "training": {"epochs": epochs, "seed": seed, "holdout": holdout},

@@ -1,7 +1,7 @@
 """The encoder backend choice for ops built over MiniLM (classifier, reranker).
 
 An artifact's manifest holds an encoder spec (`"encoder": {...}`) whose `kind` names the backend:
-`minilm` / `minilm-int8` (torch, weights from the installed package) or `minilm-onnx` /
+`minilm` / `minilm-int8` / `minilm-fp16` (torch, weights from the installed package) or `minilm-onnx` /
 `minilm-onnx-int8` (ONNX Runtime, the `.onnx` file stored inside the artifact). `write_encoder`
 writes that spec (copying the `.onnx` file into the artifact for ONNX backends) and `load_encoder`
 returns the process's shared encoder for it, after verifying weights and file digests.
@@ -13,12 +13,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from models.embedder import KIND_FP32, KIND_INT8, encoder_spec, get_encoder, verify_encoder_spec
+from models.embedder import PRECISIONS, encoder_spec, get_encoder, verify_encoder_spec
 from models.errors import ArtifactError
 
 __all__ = ["BACKENDS", "default_onnx_cache", "load_encoder", "write_encoder"]
 
-BACKENDS = ("torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8")
+BACKENDS = ("torch-fp32", "torch-int8", "torch-fp16", "onnx-fp32", "onnx-int8")
 ONNX_CACHE_ENV = "TANDEM_ONNX_CACHE"
 
 
@@ -33,7 +33,7 @@ def write_encoder(dest: Path, backend: str, cache_root: Path | None = None) -> d
         raise ValueError(f"encoder backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     engine, variant = backend.split("-")
     if engine == "torch":
-        return encoder_spec(quantize=variant == "int8")
+        return encoder_spec(variant)
     from models.onnx_encoder import write_onnx_encoder
 
     return write_onnx_encoder(dest, variant, cache_root or default_onnx_cache())
@@ -42,7 +42,7 @@ def write_encoder(dest: Path, backend: str, cache_root: Path | None = None) -> d
 def load_encoder(spec: dict, artifact_dir: Path, device: str):
     """The shared encoder (torch or ONNX Runtime) that `spec` names, verified against the installation."""
     kind = spec.get("kind")
-    if kind in (KIND_FP32, KIND_INT8):
+    if kind in PRECISIONS.values():
         return get_encoder(verify_encoder_spec(spec, artifact_dir), device)
     if isinstance(kind, str) and kind.startswith("minilm-onnx"):
         from models.onnx_encoder import load_onnx_encoder

@@ -76,6 +76,7 @@ def check_outputs(op: ModelOp, inputs: list, outputs: list) -> list:
 _KIND_MODULES = {
     "minilm": "models.embedder",
     "minilm-int8": "models.embedder",
+    "minilm-fp16": "models.embedder",
     "minilm-onnx": "models.onnx_encoder",
     "minilm-onnx-int8": "models.onnx_encoder",
     "classifier-head": "models.classifier",

@@ -58,7 +58,8 @@ def init_home(settings: TandemSettings, *, corpus_size: int = 4000, say: Callabl
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         say(f"[2/{steps}] embedder: v1 torch fp32 (the reference), v2 torch int8, v3/v4 ONNX Runtime fp32/int8 "
-            f"(exported once, cached in {onnx_cache}); evaluated on {len(evals.rows)} held-out sentences")
+            f"(exported once, cached in {onnx_cache}), v5 torch fp16 (for GPUs); evaluated on {len(evals.rows)} "
+            "held-out sentences")
         register_embedders(reg, tmp_path, onnx_cache, evals, say)
         _promote_if_unset(reg, "embedder", "1")
 

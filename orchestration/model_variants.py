@@ -94,14 +94,15 @@ def _register(reg: Registry, name: str, task: str, artifact_dir: Path, evaluate:
 
 
 def register_embedders(reg: Registry, tmp: Path, cache: Path, evals: EvalSet, say) -> dict[str, Path]:
-    """Embedder v1 (torch fp32, the reference), v2 (torch int8), v3 (ONNX fp32), v4 (ONNX int8)."""
+    """Embedder v1 (torch fp32, the reference), v2 (torch int8), v3 (ONNX fp32), v4 (ONNX int8), v5 (torch fp16)."""
     from models.embedder import write_embedder_artifact
     from models.onnx_encoder import write_onnx_embedder_artifact
 
     dirs = {"1": write_embedder_artifact(tmp / "e1", quantize=False),
             "2": write_embedder_artifact(tmp / "e2", quantize=True),
             "3": write_onnx_embedder_artifact(tmp / "e3", "fp32", cache),
-            "4": write_onnx_embedder_artifact(tmp / "e4", "int8", cache)}
+            "4": write_onnx_embedder_artifact(tmp / "e4", "int8", cache),
+            "5": write_embedder_artifact(tmp / "e5", precision="fp16")}
     reference: dict[str, np.ndarray] = {}
 
     def against_v1(version: str, threshold: float) -> Callable[[], dict]:
@@ -123,6 +124,8 @@ def register_embedders(reg: Registry, tmp: Path, cache: Path, evals: EvalSet, sa
     _register(reg, "embedder", "embed", dirs["4"], against_v1("4", COSINE_INT8), say, version="4",
               description=f"{BASE} on ONNX Runtime, dynamic int8 (first FFN down-projection fp32)",
               lineage={**lineage, "backend": "onnxruntime"})
+    _register(reg, "embedder", "embed", dirs["5"], against_v1("5", COSINE_FP32), say, version="5",
+              description=f"{BASE} in torch fp16 (for GPU model servers; no faster than fp32 on a CPU)", lineage=lineage)
     return dirs
 
 

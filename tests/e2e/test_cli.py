@@ -41,7 +41,7 @@ def tandem(home, monkeypatch):
 def test_init_registers_the_reference_models_and_is_idempotent(tandem, home):
     before = json.loads(tandem("sql", "SELECT name, version FROM model_versions ORDER BY ALL", "-f", "json").stdout)
     assert {(r["name"], r["version"]) for r in before} >= {("embedder", "1"), ("embedder", "2"), ("embedder", "3"),
-                                                          ("embedder", "4"), ("classifier", "1"), ("classifier", "2"),
+                                                          ("embedder", "4"), ("embedder", "5"), ("classifier", "1"), ("classifier", "2"),
                                                           ("classifier", "3"), ("reranker", "1"), ("reranker", "2"),
                                                           ("reranker", "3")}
     again = subprocess.run([sys.executable, "-m", "orchestration.cli", "init", "--corpus-size", "600"],
@@ -67,7 +67,7 @@ def test_every_init_version_records_an_evaluation_and_a_passing_one_is_stable(ta
     from orchestration.bootstrap import Platform
 
     registry = Platform.open(TandemSettings(home=home)).registry
-    for name, versions in (("embedder", "1234"), ("classifier", "123"), ("reranker", "123")):
+    for name, versions in (("embedder", "12345"), ("classifier", "123"), ("reranker", "123")):
         evaluations = {}
         for version in versions:
             shown = tandem("models", "show", name, version)

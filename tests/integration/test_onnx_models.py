@@ -177,7 +177,7 @@ def test_reranker_over_onnx_agrees_with_torch_on_the_top_document(workdir, cache
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_encoders_in_length_buckets_match_each_text_encoded_alone(backend, rows, onnx_fp32):
-    encoder = get_encoder(False) if backend == "torch" else onnx_fp32.encoder
+    encoder = get_encoder("fp32") if backend == "torch" else onnx_fp32.encoder
     texts = [r["text"] for r in rows[:40]] + ["Rain.", "word " * 400]  # a very short and a truncated long one
     bucketed = encoder.encode(texts, batch_size=8)
     alone = np.concatenate([encoder.encode([t]) for t in texts])

@@ -17,7 +17,7 @@ from models.classifier import (
     train_classifier,
 )
 from models.corpus import generate_demo_corpus
-from models.embedder import MiniLMEmbedder, MiniLMInt8Embedder, write_embedder_artifact
+from models.embedder import MiniLMEmbedder, MiniLMFp16Embedder, MiniLMInt8Embedder, write_embedder_artifact
 from models.errors import DigestMismatchError, SchemaError
 from models.ops import load_op
 from models.reranker import MiniLMReranker, write_reranker_artifact
@@ -123,6 +123,18 @@ def test_int8_is_close_to_fp32_but_not_identical(fp32, int8):
     cos = (a * b).sum(axis=1)
     assert cos.min() > 0.95, cos.min()
     assert np.abs(a - b).max() > 1e-3
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+
+
+def test_fp16_is_within_fp32_tolerance_and_runs_in_half_precision(fp32, workdir):
+    fp16 = load_op(write_embedder_artifact(workdir / "minilm-fp16", precision="fp16"))
+    assert isinstance(fp16, MiniLMFp16Embedder) and fp16.encoder is not fp32.encoder
+    assert next(fp16.encoder._model.parameters()).dtype == torch.float16
+    texts = TEXTS + [r["text"] for r in generate_demo_corpus(60, seed=5)]
+    a, b = _vectors(fp32, texts), _vectors(fp16, texts)
+    cos = (a * b).sum(axis=1)
+    assert cos.min() > 0.999, cos.min()  # the fp32 threshold init evaluates it against
+    assert np.abs(a - b).max() > 1e-6  # really computed in half precision, not fp32 again
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
 
 

@@ -80,6 +80,7 @@ def test_onnx_providers_follow_the_device_and_keep_int8_on_the_cpu(variant, devi
 
 
 def test_torch_int8_runs_on_the_cpu_beside_a_gpu():
-    assert torch_device(True, "cuda:0") == "cpu"
-    assert torch_device(False, "cuda:0") == "cuda:0"
-    assert torch_device(False, "cpu") == "cpu"
+    assert torch_device("int8", "cuda:0") == "cpu"
+    assert torch_device("fp32", "cuda:0") == "cuda:0"
+    assert torch_device("fp16", "cuda:0") == "cuda:0"
+    assert torch_device("fp32", "cpu") == "cpu"
