@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-timeout", type=float, help="seconds a batch waits to fill")
     p.add_argument("--workers", type=int, help="inference worker processes per device")
     p.add_argument("--torch-threads", type=int, help="torch threads per worker (default: cores // workers)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the models run (default auto: CUDA when torch sees a GPU)")
     p.add_argument("--registry-poll-s", type=float, help="seconds between registry polls (default 2)")
     p.add_argument("--release-grace-s", type=float,
                    help="seconds a version that lost every alias stays loaded (default 60)")
