@@ -6,8 +6,9 @@ that hash differently. `get_encoder` keeps one encoder per (precision, device) p
 embedder, classifier and reranker ops in one worker share a single copy of the model.
 
 The fp16 kind is for GPU model servers: half-precision weights and activations wherever it runs
-(the vectors are pooled and normalised in fp32), so its offline evaluation measured on the CPU holds
-on the GPU. On this project's CPUs torch fp16 is slower than fp32 (235 vs 273 texts/s, 2 threads).
+(the vectors are pooled and normalised in fp32), so the offline evaluation `tandem init` measures on
+the CPU is of fp16 arithmetic too. On this project's CPUs torch fp16 is no faster than fp32
+(235-263 vs 239-273 texts/s, 2 threads).
 
 The int8 kind quantises Linear weights per output channel and leaves the feed-forward
 down-projections (`layer.N.output.dense`) in fp32: their post-GELU inputs have outliers that
