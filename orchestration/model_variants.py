@@ -98,8 +98,8 @@ def register_embedders(reg: Registry, tmp: Path, cache: Path, evals: EvalSet, sa
     from models.embedder import write_embedder_artifact
     from models.onnx_encoder import write_onnx_embedder_artifact
 
-    dirs = {"1": write_embedder_artifact(tmp / "e1", quantize=False),
-            "2": write_embedder_artifact(tmp / "e2", quantize=True),
+    dirs = {"1": write_embedder_artifact(tmp / "e1", precision="fp32"),
+            "2": write_embedder_artifact(tmp / "e2", precision="int8"),
             "3": write_onnx_embedder_artifact(tmp / "e3", "fp32", cache),
             "4": write_onnx_embedder_artifact(tmp / "e4", "int8", cache),
             "5": write_embedder_artifact(tmp / "e5", precision="fp16")}

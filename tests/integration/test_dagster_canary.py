@@ -213,10 +213,10 @@ def test_the_int8_minilm_canary_passes_on_same_input_cosine_whatever_its_live_ou
     from models.embedder import write_embedder_artifact
 
     reg = home.registry
-    reg.register("embedder", "embed", write_embedder_artifact(home.root / "src" / "minilm", quantize=False),
+    reg.register("embedder", "embed", write_embedder_artifact(home.root / "src" / "minilm", precision="fp32"),
                  version="2", actor="test")
     reg.promote("embedder", "2", actor="test")
-    reg.register("embedder", "embed", write_embedder_artifact(home.root / "src" / "minilm-int8", quantize=True),
+    reg.register("embedder", "embed", write_embedder_artifact(home.root / "src" / "minilm-int8", precision="int8"),
                  version="3", actor="test")
     reg.set_canary("embedder", "3", 0.05, actor="test")
     now, today = datetime.now(UTC), datetime.now(UTC).date()

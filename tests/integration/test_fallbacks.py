@@ -188,7 +188,7 @@ def test_the_shipped_classify_fallback_labels_real_text_well_with_the_real_embed
     from models.ops import load_op
     from models.workflows import BUILTIN_WORKFLOWS, load_workflow
 
-    embedder = load_op(write_embedder_artifact(tmp_path / "minilm", quantize=False))
+    embedder = load_op(write_embedder_artifact(tmp_path / "minilm", precision="fp32"))
 
     def resolve(model, version):
         if model == "classifier":

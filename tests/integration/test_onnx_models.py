@@ -73,7 +73,7 @@ def onnx_int8(workdir, cache, store):
 
 @pytest.fixture(scope="module")
 def torch_fp32(workdir):
-    return load_op(write_embedder_artifact(workdir / "torch-fp32", quantize=False))
+    return load_op(write_embedder_artifact(workdir / "torch-fp32", precision="fp32"))
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +194,7 @@ def test_a_model_server_serves_onnx_int8_beside_torch_fp32(tmp_path, cache):
 
     home = tmp_path / "home"
     reg = Platform.open(TandemSettings(home=home)).registry
-    reg.register("embedder", "embed", write_embedder_artifact(tmp_path / "e1", quantize=False), version="1")
+    reg.register("embedder", "embed", write_embedder_artifact(tmp_path / "e1", precision="fp32"), version="1")
     reg.register("embedder", "embed", write_onnx_embedder_artifact(tmp_path / "e4", "int8", cache), version="4")
     server = model_server(base_env(home), home, "embedder", "1,4").start(tmp_path)
     try:

@@ -49,12 +49,12 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fp32(workdir):
-    return load_op(write_embedder_artifact(workdir / "minilm", quantize=False))
+    return load_op(write_embedder_artifact(workdir / "minilm", precision="fp32"))
 
 
 @pytest.fixture(scope="module")
 def int8(workdir):
-    return load_op(write_embedder_artifact(workdir / "minilm-int8", quantize=True))
+    return load_op(write_embedder_artifact(workdir / "minilm-int8", precision="int8"))
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +232,7 @@ def test_tampered_classifier_artifact_is_refused_by_the_store(trained, workdir):
 
 
 def test_artifact_pinned_to_other_weights_is_refused(workdir):
-    path = write_embedder_artifact(workdir / "minilm-other", quantize=False)
+    path = write_embedder_artifact(workdir / "minilm-other", precision="fp32")
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["weights_sha256"] = "f" * 64
     (path / "manifest.json").write_text(json.dumps(manifest))
