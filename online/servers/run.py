@@ -22,6 +22,7 @@ from online.servers.api import DeploymentAPI, configure_logging
 from online.servers.deployment import DeploymentSpec, deployment_from_registry
 from online.servers.metrics import cleanup_metrics_dir, prepare_metrics_dir
 from online.servers.middleware import TraceContextMiddleware, metrics_endpoint
+from online.servers.predict_route import install_predict_route
 from online.servers.versions import STATUS_DIR_ENV, merged_status
 
 __all__ = [
@@ -109,6 +110,7 @@ def build_server(spec: DeploymentSpec, *, log_level: str = "info") -> _LitServer
         middlewares=[(TraceContextMiddleware, {"model": spec.model})],
         info_path="/litserve/info",
     )
+    install_predict_route(server)
     server.app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
 
     async def info() -> dict[str, Any]:

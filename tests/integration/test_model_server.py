@@ -229,6 +229,8 @@ def test_bad_input_is_422_naming_the_field(server: _Server) -> None:
         f"{server.url}/predict", content=b'{"inputs": [', headers={"content-type": "application/json"}
     )
     assert resp.status_code == 422
+    assert resp.json()["detail"][0]["loc"] == ["body"]
+    assert "not valid JSON" in resp.json()["detail"][0]["msg"]
 
 
 def test_unknown_version_is_404(server: _Server) -> None:
