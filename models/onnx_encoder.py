@@ -135,8 +135,16 @@ class OrtEncoder(Tokenizing):
         return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
 
 
+# How long an idle intra-op thread spins for more work before it sleeps, where threads must be passive
+# (model servers). The kernels of one run follow each other within microseconds, so a short spin keeps
+# the threads awake through a run and lets them sleep right after it. A lone ~26-token row, int8, two
+# threads, in-process: p50 3.85 ms not spinning (a wake-up per kernel), 2.9-3.0 ms spinning 50 us or
+# without limit; CPU per call 5.4, 5.9 and 8.4 ms (ORT's default spin keeps the other core busy).
+PASSIVE_SPIN_US = 50
+
+
 def _session_options(threads: int):
-    """Session options for `threads` intra-op threads, one inter-op thread, no spinning when passive."""
+    """Session options for `threads` intra-op threads, one inter-op thread, briefly spinning when passive."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -145,7 +153,8 @@ def _session_options(threads: int):
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        opts.add_session_config_entry("session.intra_op.spin_duration_us", str(PASSIVE_SPIN_US))
     return opts
 
 

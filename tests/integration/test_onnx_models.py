@@ -211,3 +211,15 @@ def test_a_model_server_serves_onnx_int8_beside_torch_fp32(tmp_path, cache):
         assert not np.allclose(vectors["1"], vectors["4"], atol=1e-4)
     finally:
         server.stop()
+
+
+def test_passive_sessions_spin_briefly_instead_of_waking_a_thread_per_kernel(monkeypatch):
+    from models.onnx_encoder import PASSIVE_SPIN_US, _session_options
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # as model servers run
+    opts = _session_options(2)
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert opts.get_session_config_entry("session.intra_op.spin_duration_us") == str(PASSIVE_SPIN_US)
+    monkeypatch.delenv("OMP_WAIT_POLICY")  # in-process (bench, batch jobs): ONNX Runtime's own default
+    with pytest.raises(RuntimeError):  # an entry never set
+        _session_options(2).get_session_config_entry("session.intra_op.spin_duration_us")
