@@ -379,3 +379,13 @@ def test_the_batch_window_stays_open_while_a_wave_trickles_in_and_a_lone_request
     started = time.monotonic()
     payloads, _ = loop.get_batch_requests(api, wq, _FakeTransport())
     assert [p[1] for p in payloads] == ["lone"] and time.monotonic() - started < 0.25  # one window, not four
+
+
+def test_the_lean_predict_endpoint_serves_predict_and_openapi_still_documents_it(spec: DeploymentSpec) -> None:
+    from online.servers.predict_route import PredictEndpoint
+    from online.servers.run import build_server
+
+    server = build_server(spec)
+    first = next(r for r in server.app.router.routes if getattr(r, "path", None) == "/predict")
+    assert isinstance(first.app, PredictEndpoint)  # matched before LitServe's route
+    assert "/predict" in server.app.openapi()["paths"]
