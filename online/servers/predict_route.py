@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
-import os
 import time
 from typing import Any
 
@@ -30,8 +28,6 @@ from starlette.types import Receive, Scope, Send
 
 __all__ = ["install_predict_route"]
 
-logger = logging.getLogger("tandem.servers")
-
 MAX_BODY = 64 * 1024 * 1024  # bytes; a larger request body is refused (413) before it is parsed
 
 
@@ -42,8 +38,7 @@ class PredictEndpoint:
         self.server = server
         self.api_path = api_path
         self.max_body = max_body
-        self._ids = itertools.count()
-        self._prefix = f"{os.getpid()}-"
+        self._ids = itertools.count()  # unique within an HTTP process, which has its own response queue
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await _read_body(receive, self.max_body)
@@ -60,10 +55,10 @@ class PredictEndpoint:
             return
         await (await self.submit(payload))(scope, receive, send)
 
-    async def submit(self, payload: dict) -> Response:
+    async def submit(self, payload: Any) -> Response:
         """Queue `payload` for the inference worker and wait for its answer."""
         server = self.server
-        uid = self._prefix + str(next(self._ids))
+        uid = str(next(self._ids))
         item = ResponseBufferItem(asyncio.Event())
         # Registered before the put: the answer is read on this event loop, so it cannot arrive
         # before this coroutine yields, but a buffer entry must exist when it does.
