@@ -40,6 +40,7 @@ from models.embedder import (
 from models.errors import ArtifactError, DigestMismatchError
 from models.onnx_export import ONNX_FILE, build_onnx, recipe
 from models.ops import MANIFEST, register_kind
+from models.threads import cores_shared
 
 __all__ = [
     "KIND_ONNX_FP32",
@@ -104,7 +105,8 @@ class OrtEncoder(Tokenizing):
         # Data parallelism on the CPU: a batch of several rows runs as `threads` slices at once, each on a
         # one-thread session (ONNX Runtime's Run is thread-safe and releases the GIL), which keeps every
         # core busy through the small kernels that intra-op threads leave idle (int8, 2 cores, batches of
-        # 32: 424 vs 401 texts/s). A lone row still gets every thread of the first session.
+        # 32: 424 vs 401 texts/s). A lone row gets every thread of the first session, unless its caller
+        # runs other model calls beside it (`models.threads`).
         self._slices = threads if self.device == "cpu" and threads > 1 else 1
         self._single = (ort.InferenceSession(str(onnx_path), _session_options(1), providers=providers)
                         if self._slices > 1 else None)
@@ -117,8 +119,10 @@ class OrtEncoder(Tokenizing):
         """Embed `texts` as an (n, 384) array, run in length buckets of at most `batch_size` texts."""
 
         def run(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-            if self._single is None or len(input_ids) < 2:
+            if self._single is None or (len(input_ids) < 2 and not cores_shared()):
                 return self._pooled(self._session, input_ids, mask)
+            if len(input_ids) < 2:  # a lone row while other models run: one thread, the other cores theirs
+                return self._pooled(self._single, input_ids, mask)
             cuts = np.array_split(np.arange(len(input_ids)), min(self._slices, len(input_ids)))
             parts = self._pool.map(lambda rows: self._pooled(self._single, input_ids[rows], mask[rows]), cuts)
             return np.concatenate(list(parts))

@@ -262,6 +262,11 @@ class WorkflowSpec(_Spec):
         """Topological layers: every step's dependencies are in earlier layers."""
         return [list(layer) for layer in self._levels]
 
+    def parallel_steps(self) -> frozenset[str]:
+        """Ids of the steps that may run at the same time as another step (neither needs the other,
+        directly or through other steps); e.g. both steps of `enrich`, neither of a chain."""
+        return self._parallel_steps
+
     def models(self) -> set[str]:
         """Every registry model a run may call, fallbacks included."""
         names = {s.model for s in self.steps}
@@ -314,6 +319,17 @@ class WorkflowSpec(_Spec):
             done |= {s.id for s in layer}
             pending = [s for s in pending if s.id not in done]
         return tuple(layers)
+
+    @cached_property
+    def _parallel_steps(self) -> frozenset[str]:
+        upstream: dict[str, set[str]] = {}
+        for layer in self._levels:
+            for s in layer:
+                upstream[s.id] = {d for dep in s.dependencies for d in (dep, *upstream[dep])}
+        return frozenset(
+            a for a in upstream
+            if any(b != a and b not in upstream[a] and a not in upstream[b] for b in upstream)
+        )
 
     @cached_property
     def _input_model(self) -> type[BaseModel]:

@@ -69,7 +69,8 @@ class ModelTransport(Protocol):
     """One call to a model server; `HttpTransport` is the real one, tests pass fakes."""
 
     async def send(self, base_url: str, version: str, inputs: list[dict], *, timeout_s: float,
-                   headers: Mapping[str, str] | None = None, batched: bool = False) -> ModelReply: ...
+                   headers: Mapping[str, str] | None = None, batched: bool = False,
+                   parallel: bool = False) -> ModelReply: ...
 
     async def health(self, base_url: str, timeout_s: float = 1.0) -> bool: ...
 
@@ -92,9 +93,14 @@ class HttpTransport:
         return self._session
 
     async def send(self, base_url: str, version: str, inputs: list[dict], *, timeout_s: float,
-                   headers: Mapping[str, str] | None = None, batched: bool = False) -> ModelReply:
-        """One call; `batched` tells the server the inputs were batched here (it skips its batch window)."""
-        body = orjson.dumps({"version": version, "inputs": inputs, "batched": batched})
+                   headers: Mapping[str, str] | None = None, batched: bool = False,
+                   parallel: bool = False) -> ModelReply:
+        """One call; `batched` tells the server the inputs were batched here (it skips its batch window),
+        `parallel` that other model calls run beside it (a lone input then takes one thread)."""
+        payload = {"version": version, "inputs": inputs, "batched": batched}
+        if parallel:
+            payload["parallel"] = True
+        body = orjson.dumps(payload)
         # identity: compressing JSON on one side of a loopback/LAN hop only to inflate it on the other
         # costs CPU on both and saves nothing worth having.
         hdrs = {"content-type": "application/json", "accept-encoding": "identity", **(headers or {})}
@@ -158,10 +164,13 @@ class ModelClient:
                           if coalesce else None)
 
     async def predict(self, base_url: str, version: str, inputs: list[dict], *, timeout_s: float,
-                      headers: Mapping[str, str] | None = None) -> ModelReply:
+                      headers: Mapping[str, str] | None = None, parallel: bool = False) -> ModelReply:
+        """`parallel`: the caller runs other model calls at the same time (a workflow's parallel steps)."""
         if self.coalescer is None:
-            return await self.transport.send(base_url, version, inputs, timeout_s=timeout_s, headers=headers)
-        return await self.coalescer.predict(base_url, version, inputs, timeout_s=timeout_s, headers=headers)
+            return await self.transport.send(base_url, version, inputs, timeout_s=timeout_s, headers=headers,
+                                             parallel=parallel)
+        return await self.coalescer.predict(base_url, version, inputs, timeout_s=timeout_s, headers=headers,
+                                            parallel=parallel)
 
     async def health(self, base_url: str, timeout_s: float = 1.0) -> bool:
         return await self.transport.health(base_url, timeout_s)

@@ -42,6 +42,7 @@ class _Member:
     headers: Mapping[str, str] | None
     expires: float
     future: asyncio.Future
+    parallel: bool = False
 
 
 @dataclass(eq=False)
@@ -72,8 +73,12 @@ class Coalescer:
         self._tasks: set[asyncio.Task] = set()
 
     async def predict(self, base_url: str, version: str, inputs: list[dict], *, timeout_s: float,
-                      headers: Mapping[str, str] | None = None) -> ModelReply:
-        """Like `send`, but shares the HTTP call with other callers of the same lane."""
+                      headers: Mapping[str, str] | None = None, parallel: bool = False) -> ModelReply:
+        """Like `send`, but shares the HTTP call with other callers of the same lane.
+
+        `parallel` (other model calls run beside this one) reaches the server only on a call that
+        holds this caller's inputs alone: a merged call is a batch, whose rows take a thread each anyway.
+        """
         if len(inputs) >= self.max_instances:  # a full batch already: nothing to gain by waiting
             self._note(base_url, 1, len(inputs))
             return await self._send(base_url, version, inputs, timeout_s=timeout_s, headers=headers, batched=True)
@@ -81,7 +86,7 @@ class Coalescer:
         lane = self._lanes.get((base_url, version))
         if lane is None:
             lane = self._lanes[(base_url, version)] = _Lane(base_url, version)
-        member = _Member(inputs, headers, loop.time() + timeout_s, loop.create_future())
+        member = _Member(inputs, headers, loop.time() + timeout_s, loop.create_future(), parallel)
         lane.pending.append(member)
         self._pump(lane)
         try:
@@ -170,7 +175,7 @@ class Coalescer:
         self._note(lane.base_url, len(members), len(inputs))
         try:
             reply = await self._send(lane.base_url, lane.version, inputs, timeout_s=timeout_s, headers=headers,
-                                     batched=True)
+                                     batched=True, parallel=len(members) == 1 and members[0].parallel)
         except RejectedCall as exc:
             if len(members) == 1:
                 _settle(members[0], exc=exc)

@@ -115,10 +115,12 @@ class WorkflowEngine:
         reports: dict[str, StepReport] = {}
         done: dict[str, asyncio.Event] = {s.id: asyncio.Event() for s in spec.steps}
 
+        parallel = spec.parallel_steps()
+
         async def run_step(step: StepSpec) -> None:
             for dep in step.dependencies:
                 await done[dep].wait()
-            report, outputs = await self._run_step(step, context, ctx)
+            report, outputs = await self._run_step(step, context, ctx, step.id in parallel)
             reports[step.id] = report
             if outputs is None:
                 context[step.id] = None
@@ -149,7 +151,7 @@ class WorkflowEngine:
         return assemble_output(spec, context), ordered
 
     async def _run_step(
-        self, step: StepSpec, context: dict, ctx: RequestContext
+        self, step: StepSpec, context: dict, ctx: RequestContext, parallel: bool = False
     ) -> tuple[StepReport, list[dict] | None]:
         instances = step_instances(step, context)
         if instances is None:
@@ -164,7 +166,7 @@ class WorkflowEngine:
             step_id=step.id, model=step.model, task=step.task, instances=instances, ctx=ctx,
             timeout_ms=step.timeout_ms, retry=step.retry, optional=step.optional,
             fallback=(fb.model or step.model, fb.version or "stable") if fb and not fb.builtin else None,
-            builtin=fb if fb and fb.builtin else None,
+            builtin=fb if fb and fb.builtin else None, parallel=parallel,
         )
 
     async def call_step(
@@ -180,17 +182,19 @@ class WorkflowEngine:
         optional: bool = False,
         fallback: tuple[str, str] | None = None,
         builtin: Fallback | None = None,
+        parallel: bool = False,
     ) -> tuple[StepReport, list[dict] | None]:
         """Call one model for a list of instances: route, cache, retry, fall back, log every call.
 
         `fallback` is another (model, version or alias); `builtin` a built-in fallback spec
-        (`models.fallbacks`), computed here, calling at most its embed model.
+        (`models.fallbacks`), computed here, calling at most its embed model. `parallel`: the step
+        runs beside other steps of its workflow, and its server is told so (`models.threads`).
         """
         started = self.clock()
         route = self._route(model, step_id, ctx)
         try:
             outputs, cached, attempts = await self._call_cached(step_id, model, task, route, instances, ctx,
-                                                                timeout_ms, retry)
+                                                                timeout_ms, retry, parallel)
             report = StepReport(step_id, model, route.version, route.arm, cached=cached, attempts=attempts)
             if route.shadow_version:
                 self._start_shadow(step_id, model, task, route.shadow_version, instances, ctx, timeout_ms)
@@ -309,7 +313,8 @@ class WorkflowEngine:
             return Route(version=version, arm="fallback", shadow_version=None)
         return Route(version=ref, arm="fallback", shadow_version=None)
 
-    async def _call_cached(self, step_id, model, task, route: Route, instances, ctx, timeout_ms, retry):
+    async def _call_cached(self, step_id, model, task, route: Route, instances, ctx, timeout_ms, retry,
+                           parallel=False):
         hashes = [content_hash({"task": task, "input": inst}) for inst in instances]
         outputs: list[dict | None] = [self.cache.get(model, route.version, h) for h in hashes]
         missing = [i for i, out in enumerate(outputs) if out is None]
@@ -320,13 +325,14 @@ class WorkflowEngine:
         if missing:
             self.metrics.cache.labels(model, "miss").inc(len(missing))
             fresh, attempts = await self._call_with_retries(
-                step_id, model, route, [instances[i] for i in missing], ctx, timeout_ms, retry)
+                step_id, model, route, [instances[i] for i in missing], ctx, timeout_ms, retry, parallel)
             for i, out in zip(missing, fresh):
                 outputs[i] = out
                 self.cache.put(model, route.version, hashes[i], out)
         return outputs, not missing, attempts
 
-    async def _call_with_retries(self, step_id, model, route: Route, instances, ctx, timeout_ms, retry):
+    async def _call_with_retries(self, step_id, model, route: Route, instances, ctx, timeout_ms, retry,
+                                 parallel=False):
         if not self._replicas().get(model):
             raise _StepFailed(ServiceUnavailable(
                 f"no model server is deployed for {model!r}; start the platform with `tandem up`"), 0,
@@ -356,6 +362,7 @@ class WorkflowEngine:
                     url, route.version, instances, timeout_s=min(timeout_ms / 1000, left),
                     headers={"traceparent": child_traceparent(ctx.traceparent),
                              "x-request-id": ctx.request_id},
+                    parallel=parallel,
                 )
             except RejectedCall as exc:
                 breaker.record_success()  # the server is up; the request is what it refused

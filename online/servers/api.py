@@ -1,9 +1,11 @@
 """The LitAPI of a model deployment: the `models/` op of every served version behind `POST /predict`.
 
-Request:  {"version": "2", "inputs": [<task input>, ...], "batched": false}
+Request:  {"version": "2", "inputs": [<task input>, ...], "batched": false, "parallel": false}
           version optional (the default one); `batched: true` says the caller batched already
           (the gateway's coalescer does): the batch starts without waiting out the batch window,
-          taking only what is queued by then.
+          taking only what is queued by then. `parallel: true` says the caller runs other model
+          calls at the same time (a workflow's parallel steps): a lone input then runs on one
+          thread, leaving the other cores to them (`models.threads`).
 Response: {"model": "embedder", "version": "2", "outputs": [<task output>, ...]}
 
 A LitServe batch can hold requests for several versions: `predict` groups their instances by
@@ -37,6 +39,7 @@ from starlette.responses import Response
 from models.errors import DigestMismatchError, SchemaError
 from models.ops import ModelOp, check_outputs, load_op
 from models.schemas import get_task
+from models.threads import sharing_cores
 from online.servers._lifetime import die_with_parent
 from online.servers.deployment import DeploymentSpec, VersionSpec
 from online.servers.metrics import server_metrics
@@ -55,6 +58,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s[%(process)d] %(name)s: %
 class _Decoded:
     version: str
     inputs: list[BaseModel]
+    parallel: bool = False  # the caller runs other model calls beside this one (`models.threads`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +169,7 @@ class DeploymentAPI(ls.LitAPI):
             body = self._request_model.model_validate(request)
         except ValidationError as exc:
             return _Rejected(422, _validation_detail(exc), version, "invalid_input")
-        return _Decoded(version, body.inputs)
+        return _Decoded(version, body.inputs, body.parallel)
 
     def predict(self, x: Any) -> Any:
         if self.max_batch_size > 1:
@@ -206,7 +210,9 @@ class DeploymentAPI(ls.LitAPI):
                 continue
             started = time.perf_counter()
             try:
-                outputs = check_outputs(op, flat, op.predict_batch(flat))
+                # A lone request whose caller runs other models at once leaves them the other cores.
+                with sharing_cores(len(indices) == 1 and items[indices[0]].parallel):
+                    outputs = check_outputs(op, flat, op.predict_batch(flat))
             except Exception as exc:  # isolate the failure to this version's requests
                 logger.exception("%s version %s failed on a batch of %d inputs", model, version, len(flat))
                 detail = f"{model} version {version} failed: {type(exc).__name__}: {exc}"
@@ -257,6 +263,7 @@ def _request_model(task_name: str) -> type[BaseModel]:
         version=(str | int | None, None),
         inputs=(list[task.input], Field(min_length=1, max_length=MAX_INPUTS_PER_REQUEST)),
         batched=(bool, False),
+        parallel=(bool, False),
     )
 
 

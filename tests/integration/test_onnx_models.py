@@ -223,3 +223,20 @@ def test_passive_sessions_spin_briefly_instead_of_waking_a_thread_per_kernel(mon
     monkeypatch.delenv("OMP_WAIT_POLICY")  # in-process (bench, batch jobs): ONNX Runtime's own default
     with pytest.raises(RuntimeError):  # an entry never set
         _session_options(2).get_session_config_entry("session.intra_op.spin_duration_us")
+
+
+def test_a_lone_row_sharing_the_cores_runs_on_one_thread_with_the_same_vector(onnx_fp32, monkeypatch):
+    from models.threads import sharing_cores
+
+    encoder = onnx_fp32.encoder
+    if encoder._single is None:
+        pytest.skip("one usable core: every row runs on the one session anyway")
+    used = []
+    pooled = encoder._pooled
+    monkeypatch.setattr(encoder, "_pooled", lambda session, ids, mask: used.append(session) or pooled(session, ids, mask))
+    text = [EmbedIn(text="Central banks raised interest rates again.")]
+    alone = np.array(onnx_fp32.predict_batch(text)[0].embedding)
+    with sharing_cores():
+        shared = np.array(onnx_fp32.predict_batch(text)[0].embedding)
+    assert used == [encoder._session, encoder._single]  # every thread on a free machine, one beside others
+    np.testing.assert_allclose(shared, alone, atol=1e-5)

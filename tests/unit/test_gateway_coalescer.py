@@ -20,9 +20,12 @@ class FakeSend:
         self.reject = reject
         self.fail = fail
         self.calls: list[tuple[str, list[str], dict]] = []
+        self.parallel: list[bool] = []  # each call's `parallel` flag
 
-    async def __call__(self, base_url, version, inputs, *, timeout_s, headers=None, batched=False) -> ModelReply:
+    async def __call__(self, base_url, version, inputs, *, timeout_s, headers=None, batched=False,
+                       parallel=False) -> ModelReply:
         self.calls.append((version, [i["text"] for i in inputs], dict(headers or {})))
+        self.parallel.append(parallel)
         await asyncio.sleep(self.delay_s)
         if self.fail:
             raise RetryableCallError(f"{base_url} answered 503: busy", status=503)
@@ -55,6 +58,19 @@ async def test_a_lone_call_is_sent_at_once_and_alone():
     reply = await asyncio.wait_for(co.predict(URL, "1", one("a"), timeout_s=5), 0.5)
     assert reply.outputs == [{"echo": "a"}]
     assert len(send.calls) == 1 and "x-coalesced-requests" not in send.calls[0][2]
+
+
+async def test_parallel_reaches_the_server_on_a_callers_own_call_not_on_a_merged_one():
+    send = FakeSend(delay_s=0.2)
+    co = Coalescer(send, window_s=0)
+    first = asyncio.create_task(co.predict(URL, "1", one("first"), timeout_s=5, parallel=True))
+    await asyncio.sleep(0.01)  # in flight: the next two wait and leave together
+    rest = [asyncio.create_task(co.predict(URL, "1", one(f"t{i}"), timeout_s=5, parallel=True)) for i in range(2)]
+    await asyncio.gather(first, *rest)
+    assert [len(texts) for _, texts, _ in send.calls] == [1, 2]
+    assert send.parallel == [True, False]  # a merged call is a batch: its rows take a thread each anyway
+    await co.predict(URL, "1", one("alone"), timeout_s=5)
+    assert send.parallel[-1] is False
 
 
 async def test_calls_arriving_during_a_call_leave_together_and_get_their_own_outputs():

@@ -60,10 +60,12 @@ class FakeServers:
         self.fail_first: dict[str, int] = {}
         self.broken: dict[tuple[str, str], ModelCallError] = {}  # (model, version) -> what every call raises
         self.calls: list[tuple[str, str, float, float]] = []  # model, version, start, end
+        self.parallel: list[tuple[str, bool]] = []  # model, the call's `parallel` flag
 
     async def send(self, base_url: str, version: str, inputs: list[dict], *, timeout_s: float,
-                   headers=None, batched: bool = False) -> ModelReply:
+                   headers=None, batched: bool = False, parallel: bool = False) -> ModelReply:
         model = base_url.removeprefix("http://")
+        self.parallel.append((model, parallel))
         start = time.perf_counter()
         if model in self.down:
             raise EndpointUnreachable(f"{base_url} is unreachable: ConnectionRefusedError")
@@ -121,6 +123,19 @@ async def test_enrich_runs_its_two_branches_concurrently():
     (_, _, s1, e1), (_, _, s2, e2) = fake.calls
     assert max(s1, s2) < min(e1, e2), "the embed and classify calls did not overlap"
     assert [r.step for r in reports] == ["embed", "classify"]
+
+
+async def test_steps_that_run_beside_another_tell_their_servers_so_and_others_do_not():
+    fake = FakeServers()
+    engine = make_engine(fake)
+    await engine.run(WORKFLOWS["enrich"], {"text": "goal!"}, ctx())
+    assert sorted(fake.parallel) == [("classifier", True), ("embedder", True)]
+    fake.parallel.clear()
+    await engine.run(WORKFLOWS["classify"], {"text": "a save!"}, ctx())  # one step: nothing beside it
+    assert fake.parallel == [("classifier", False)]
+    fake.parallel.clear()
+    await engine.run(WORKFLOWS["search"], {"query": "q", "documents": ["a", "b"]}, ctx())
+    assert ("reranker", False) in fake.parallel  # after both embedding steps, alone
 
 
 async def test_search_feeds_embeddings_into_rerank():

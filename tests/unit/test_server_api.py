@@ -21,6 +21,7 @@ from starlette.testclient import TestClient
 from models.artifacts import ArtifactStore
 from models.errors import DigestMismatchError, RegistryError, SchemaError
 from models.testing import hash_vector, write_tiny_artifact
+from models.threads import cores_shared
 from online.servers import DeploymentAPI, DeploymentSpec, VersionSpec, deployment_from_registry
 from online.servers.api import _WorkerQueue
 from online.servers.metrics import render_metrics
@@ -65,13 +66,14 @@ def spec(store: ArtifactStore, tmp_path: Path) -> DeploymentSpec:
 
 
 class _CountingOp:
-    """Wraps an op to record each predict_batch call's size."""
+    """Wraps an op to record each predict_batch call's size and whether it ran sharing the cores."""
 
     def __init__(self, op):
-        self.op, self.task, self.calls = op, op.task, []
+        self.op, self.task, self.calls, self.shared = op, op.task, [], []
 
     def predict_batch(self, inputs):
         self.calls.append(len(inputs))
+        self.shared.append(cores_shared())
         return self.op.predict_batch(inputs)
 
 
@@ -389,3 +391,14 @@ def test_the_lean_predict_endpoint_serves_predict_and_openapi_still_documents_it
     first = next(r for r in server.app.router.routes if getattr(r, "path", None) == "/predict")
     assert isinstance(first.app, PredictEndpoint)  # matched before LitServe's route
     assert "/predict" in server.app.openapi()["paths"]
+
+
+def test_a_lone_request_marked_parallel_runs_sharing_the_cores_and_nothing_else_does(api: DeploymentAPI) -> None:
+    op = api._ops["1"]
+    lone = {"version": "1", "inputs": [{"text": "a"}], "parallel": True}
+    assert _serve(api, [lone])[0][0] == 200
+    assert _serve(api, [{**lone, "parallel": False}])[0][0] == 200
+    # Batched with another request of its version, it is part of a batch: its rows take a thread each.
+    assert [code for code, _ in _serve(api, [lone, {"version": "1", "inputs": [{"text": "b"}]}])] == [200, 200]
+    assert op.shared == [True, False, False]
+    assert cores_shared() is False  # only inside the call

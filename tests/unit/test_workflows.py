@@ -105,6 +105,18 @@ def test_search_reranks_after_both_embeddings():
     assert search.deadline_ms == 5000
 
 
+def test_parallel_steps_are_those_that_neither_need_nor_are_needed_by_another_step():
+    specs = load_workflows(BUILTIN_WORKFLOWS)
+    assert specs["enrich"].parallel_steps() == {"embed", "classify"}
+    assert specs["search"].parallel_steps() == {"embed_query", "embed_documents"}  # rerank needs both
+    assert specs["classify"].parallel_steps() == frozenset()
+    # A step beside a chain runs at the same time as every step of it, even one further down.
+    side = {"id": "side", "model": "classifier", "task": "classify", "inputs": {"text": "$input.query"}}
+    data = copy.deepcopy(SEARCH)
+    data["steps"].append(side)
+    assert parse_workflow(data).parallel_steps() == {"embed_query", "embed_documents", "rerank", "side"}
+
+
 def test_each_shipped_workflow_has_an_answer_for_any_one_server_down():
     specs = load_workflows(BUILTIN_WORKFLOWS)
     classify = specs["classify"].step("classify").fallback
