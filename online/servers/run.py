@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import litserve as ls
+from starlette.middleware.gzip import GZipMiddleware
 
 from online.servers._lifetime import die_with_parent
 from online.servers.api import DeploymentAPI, configure_logging
@@ -110,6 +111,10 @@ def build_server(spec: DeploymentSpec, *, log_level: str = "info") -> _LitServer
         middlewares=[(TraceContextMiddleware, {"model": spec.model})],
         info_path="/litserve/info",
     )
+    # LitServe gzips every response over 1 kB at level 9 for clients that accept it (httpx, requests,
+    # browsers; the gateway asks for identity). Float vectors in JSON shrink ~2.2x for ~0.7 ms of the
+    # HTTP process's CPU per row: 32 MiniLM rows, p50 30 -> 54 ms and server CPU 53-58 -> 75-81 ms.
+    server.app.user_middleware = [m for m in server.app.user_middleware if m.cls is not GZipMiddleware]
     install_predict_route(server)
     server.app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
 
