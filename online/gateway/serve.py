@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import sys
 
@@ -38,7 +39,17 @@ def configure_logging(level: str = "INFO", access_log: bool = False) -> None:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn re-raises the signal after a graceful stop; a clean exit is what we want here."""
+    """uvicorn, with the heap frozen once the app has started and a clean exit after a graceful stop."""
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        # Everything alive now (modules, the app, its schemas, the runtime) lives as long as the process.
+        # Without this, every full collection scanned it again: under load the request record's and
+        # prediction log's buffered rows trigger one every second or so, 70-98 ms each (cache hits at
+        # 32 clients: 13% of the gateway's time in the collector, p99 97 ms); frozen, 4395 -> 5251 hits/s
+        # and p99 97 -> 44 ms. Collected first, so no garbage is frozen with it.
+        gc.collect()
+        gc.freeze()
 
     @contextlib.contextmanager
     def capture_signals(self):
