@@ -24,10 +24,11 @@ def test_the_heap_alive_at_startup_is_frozen_and_garbage_is_not() -> None:
             self.me = self
 
     gc.unfreeze()
+    gc.disable()  # no automatic collection: only the server's own can free the cycle below
     alive = [["made before the server started"]]
     garbage = Cycle()
     gone = weakref.ref(garbage)
-    del garbage  # unreachable but for its cycle: collected at startup, never frozen
+    del garbage  # unreachable but for its cycle: collected at startup, not frozen
     server = _Server(uvicorn.Config(_app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
 
     async def start_and_stop() -> None:
@@ -49,3 +50,4 @@ def test_the_heap_alive_at_startup_is_frozen_and_garbage_is_not() -> None:
         asyncio.run(start_and_stop())
     finally:
         gc.unfreeze()
+        gc.enable()
