@@ -85,13 +85,14 @@ async def respond(
     if not idempotency_key:
         with runtime.in_flight.slot(tenant):
             result = await run()
-        note_result(result)
-        return Response(orjson.dumps(result), media_type=JSON, headers=headers)
+        content = orjson.dumps(result)
+        note_result(content)
+        return Response(content, media_type=JSON, headers=headers)
     body_hash = content_hash({"route": route, "body": body.model_dump()})
     wait_s = (deadline_ms or runtime.gateway.default_deadline_ms) / 1000
     stored = await runtime.idempotency.begin(tenant.id, idempotency_key, body_hash, wait_s=wait_s)
     if stored is not None:
-        note_result(orjson.loads(stored.body))
+        note_result(stored.body)
         return Response(stored.body, status_code=stored.status, media_type=JSON,
                         headers={**stored.headers, "idempotent-replayed": "true"})
     try:
@@ -102,5 +103,5 @@ async def respond(
         await runtime.idempotency.abandon(tenant.id, idempotency_key, body_hash)
         raise
     await runtime.idempotency.complete(tenant.id, idempotency_key, body_hash, 200, content, headers)
-    note_result(result)
+    note_result(content)
     return Response(content, media_type=JSON, headers=headers)

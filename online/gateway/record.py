@@ -7,9 +7,10 @@ before a route core runs (a rate limit, a body that fails validation) are record
 no input. A request refused before its tenant is known (401) leaves no row.
 
 The note itself is buffered (the same never-blocking `PredictionLog` machinery as `predictions`,
-a second instance); building the row (JSON, the tenant's PII policy, the keyed input hash) happens
-in the flusher's worker thread, so the request path pays only for the note. `get` answers from the
-buffer before the flush and from the lake after it.
+a second instance) and holds plain data: the request body as validated, the response as sent (bytes).
+Building the row (JSON, the tenant's PII policy, the keyed input hash) and writing it happen off the
+request path: in the gateway's writer process (`lakehouse.append_process`, the default), or in the
+flusher's worker thread. `get` answers from the buffer before the flush and from the lake after it.
 """
 
 from __future__ import annotations
@@ -18,16 +19,18 @@ import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import orjson
 
+from lakehouse.append_process import AppendProcess
 from models.pii import Privacy
 from models.record import protect_output, public_record, read_record, stored_input
 from online.gateway.logsink import PredictionLog
 from online.gateway.steps import StepReport
 
-__all__ = ["PREDICTION_ROUTES", "RequestNote", "RequestRecorder", "begin", "build_row", "note_body",
+__all__ = ["PREDICTION_ROUTES", "RequestNote", "RequestRecorder", "begin", "build_row", "build_rows", "note_body",
            "note_result", "note_steps", "problem_type_of"]
 
 PREDICTION_ROUTES = frozenset({"/v1/models/{name}/predict", "/v1/embeddings", "/v1/rerank",
@@ -40,12 +43,12 @@ class RequestNote:
 
     started: float = field(default_factory=time.perf_counter)
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
-    body: Any = None  # the validated request body (a pydantic model)
+    body: dict | None = None  # the validated request body, dumped (`exclude_none`)
     name: str | None = None  # the path's {name}
     workflow: str | None = None
     workflow_version: int | None = None
     reports: list[StepReport] | None = None
-    result: dict | None = None
+    result: bytes | None = None  # the response body as sent (JSON)
     problem_type: str | None = None
     # set by `finish`
     request_id: str = ""
@@ -68,8 +71,9 @@ def begin() -> RequestNote:
 
 
 def note_body(body: Any, name: str | None = None) -> None:
+    """The validated request body (a pydantic model; kept dumped, so the note pickles as plain data)."""
     if (note := _CURRENT.get()) is not None:
-        note.body, note.name = body, name
+        note.body, note.name = body.model_dump(exclude_none=True), name
 
 
 def note_steps(reports: list[StepReport], workflow: str | None = None, workflow_version: int | None = None) -> None:
@@ -77,9 +81,10 @@ def note_steps(reports: list[StepReport], workflow: str | None = None, workflow_
         note.reports, note.workflow, note.workflow_version = reports, workflow, workflow_version
 
 
-def note_result(result: dict) -> None:
+def note_result(content: bytes) -> None:
+    """The JSON body of a successful answer, as sent."""
     if (note := _CURRENT.get()) is not None:
-        note.result = result
+        note.result = content
 
 
 def problem_type_of(body: bytes) -> str:
@@ -98,8 +103,7 @@ def problem_type_of(body: bytes) -> str:
 def _input_of(note: RequestNote) -> Any:
     if note.body is None:
         return None
-    data = note.body.model_dump(exclude_none=True)
-    return {"name": note.name, **data} if note.name is not None else data
+    return {"name": note.name, **note.body} if note.name is not None else note.body
 
 
 def _steps(reports: list[StepReport] | None) -> str | None:
@@ -116,7 +120,7 @@ def build_row(note: RequestNote, privacy: Privacy) -> dict[str, Any]:
     stored, input_hash = stored_input(raw, note.pii, privacy)
     output, vectors = None, None
     if note.result is not None:
-        out, vecs = protect_output(note.result, raw, note.pii, privacy)
+        out, vecs = protect_output(orjson.loads(note.result), raw, note.pii, privacy)
         output, vectors = orjson.dumps(out).decode(), vecs or None
     if note.http_status >= 400:
         status = "error"
@@ -136,6 +140,10 @@ def build_row(note: RequestNote, privacy: Privacy) -> dict[str, Any]:
     }
 
 
+def build_rows(notes: list[RequestNote], privacy: Privacy) -> list[dict[str, Any]]:
+    return [build_row(n, privacy) for n in notes]
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -143,9 +151,10 @@ class RequestRecorder:
     """Buffers finished notes (never blocking), writes them as `requests` rows, answers look-ups."""
 
     def __init__(self, lake, privacy: Privacy, *, max_rows: int = 2000, flush_interval_s: float = 2.0,
-                 compact_every: int = 60):
+                 compact_every: int = 60, appends: AppendProcess | None = None):
         self._lake = lake
         self.privacy = privacy
+        self._appends = appends  # None: rows are built and written in the flusher's thread
         self._compact_every = compact_every
         self._appender = None
         self._pending: dict[tuple[str, str], RequestNote] = {}  # (tenant, request_id) -> note, until written
@@ -162,10 +171,12 @@ class RequestRecorder:
             self._pending[(tenant, request_id)] = note
 
     def _write(self, notes: list[RequestNote]) -> None:
-        rows = [build_row(n, self.privacy) for n in notes]
-        if self._appender is None:
-            self._appender = self._lake.appender("requests", compact_every=self._compact_every)
-        self._appender.append(rows)
+        if self._appends is not None:
+            self._appends.append("requests", notes, build=partial(build_rows, privacy=self.privacy))
+        else:
+            if self._appender is None:
+                self._appender = self._lake.appender("requests", compact_every=self._compact_every)
+            self._appender.append(build_rows(notes, self.privacy))
         for n in notes:
             if self._pending.get((n.tenant, n.request_id)) is n:
                 del self._pending[(n.tenant, n.request_id)]

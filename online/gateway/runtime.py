@@ -18,6 +18,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from lakehouse import Lake
+from lakehouse.append_process import AppendProcess
 from models.errors import UnknownTenantError
 from models.pii import Privacy, redact
 from models.registry import Registry
@@ -159,10 +160,16 @@ class Runtime:
                           flush_interval_s=gateway.log_flush_s)
             if gateway.log_enabled else None
         )
+        # Both sinks append through one writer process (started on the first write), or in their threads.
+        self.appends = (
+            AppendProcess(self.lake, compact_every=gateway.log_compact_every, name="gateway lake writer")
+            if gateway.lake_writer == "process" and (gateway.log_enabled or gateway.record_enabled) else None
+        )
         self.privacy = Privacy.for_home(settings.home)  # its secrets stay outside the lake
         self.recorder = (
             RequestRecorder(self.lake, self.privacy, max_rows=gateway.log_flush_rows,
-                            flush_interval_s=gateway.log_flush_s, compact_every=gateway.log_compact_every)
+                            flush_interval_s=gateway.log_flush_s, compact_every=gateway.log_compact_every,
+                            appends=self.appends)
             if gateway.record_enabled else None
         )
         self.served = ServedView(self.servers.replicas, self.client.info)
@@ -181,6 +188,9 @@ class Runtime:
         for row in rows:  # an error text may quote an input (a model server's 422): stored as the policy allows
             if row.get("error") and self.tenant_pii(row["tenant"]) != "keep":
                 row["error"] = redact(row["error"])
+        if self.appends is not None:
+            self.appends.append("predictions", rows)
+            return
         if self._appender is None:
             self._appender = self.lake.appender("predictions", compact_every=self.gateway.log_compact_every)
         self._appender.append(rows)
@@ -241,6 +251,8 @@ class Runtime:
             await self.log.stop()
         if self.recorder is not None:
             await self.recorder.sink.stop()
+        if self.appends is not None:
+            await asyncio.to_thread(self.appends.close)
         await self.client.aclose()
         await self.state.close()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -32,6 +34,10 @@ class GatewaySettings(BaseSettings):
         default=60, ge=0, description="Compact today's prediction-log files every N writes (0: never).")
     record_enabled: bool = Field(
         default=True, description="Keep one `requests` row per prediction request (GET /v1/requests/{id}).")
+    lake_writer: Literal["process", "thread"] = Field(
+        default="process",
+        description="Where the prediction log and request record are built and written: a writer process of the "
+                    "gateway's own (keeps that work off the GIL that serves requests) or a thread of the gateway.")
     shadow_concurrency: int = 8
     coalesce: bool = Field(default=True, description="Merge concurrent calls for one model version into one.")
     coalesce_max_instances: int = Field(default=64, ge=1, description="Most inputs in one merged call.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
 from pydantic import BaseModel
 from typer.testing import CliRunner
@@ -32,7 +33,9 @@ def privacy():
 
 
 def _note(policy: str, *, status: int = 200, result=None, reports=None) -> RequestNote:
-    note = RequestNote(body=_Body(query=PII, documents=[PII, "other"]), result=result, reports=reports)
+    # As the routes leave it: the body as validated and dumped, the answer as the bytes sent.
+    note = RequestNote(body=_Body(query=PII, documents=[PII, "other"]).model_dump(exclude_none=True),
+                       result=None if result is None else orjson.dumps(result), reports=reports)
     note.request_id, note.tenant, note.pii, note.route, note.http_status = "r1", "acme", policy, "/v1/rerank", status
     return note
 
