@@ -2,7 +2,10 @@
 
 The version is part of the key, so promoting a new version never serves the old one's outputs.
 Values are stored as JSON bytes: every `get` returns a fresh copy (callers cannot corrupt the
-cache by mutating it) and the byte budget is measured, not guessed. Event-loop use only.
+cache by mutating it) and the byte budget is measured, not guessed. `lookup` returns the entry itself:
+its bytes (a caller that only serialises the output embeds them as they are) and whatever the caller
+stored with them (`extra`: the gateway keeps each output's prediction-log facts there, so a hit
+neither parses nor summarises the output again). Event-loop use only.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["PredictionCache", "content_hash"]
+__all__ = ["CacheEntry", "PredictionCache", "content_hash"]
 
 _ENTRY_OVERHEAD = 200  # rough bytes per entry for the key tuple, the entry and the dict slot
 
@@ -27,10 +30,11 @@ def content_hash(obj: Any) -> str:
 
 
 @dataclass(slots=True)
-class _Entry:
-    data: bytes
+class CacheEntry:
+    data: bytes  # the output as JSON
     size: int
     expires_at: float
+    extra: Any = None  # what `put` was given with it
 
 
 class PredictionCache:
@@ -51,7 +55,7 @@ class PredictionCache:
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self._clock = clock
-        self._entries: OrderedDict[tuple[str, str, str], _Entry] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str, str], CacheEntry] = OrderedDict()
         self._bytes = 0
         self.hits = 0
         self.misses = 0
@@ -67,6 +71,11 @@ class PredictionCache:
 
     def get(self, model: str, version: str, input_hash: str) -> Any | None:
         """The cached output (a fresh copy), or None on a miss or an expired entry."""
+        entry = self.lookup(model, version, input_hash)
+        return None if entry is None else orjson.loads(entry.data)
+
+    def lookup(self, model: str, version: str, input_hash: str) -> CacheEntry | None:
+        """The entry (read it, never change it), or None on a miss or an expired entry."""
         key = (model, version, input_hash)
         entry = self._entries.get(key)
         if entry is not None and entry.expires_at <= self._clock():
@@ -78,10 +87,11 @@ class PredictionCache:
             return None
         self._entries.move_to_end(key)
         self.hits += 1
-        return orjson.loads(entry.data)
+        return entry
 
-    def put(self, model: str, version: str, input_hash: str, value: Any) -> bool:
-        """Cache `value` (JSON-serialisable); False if it alone is larger than `max_bytes`."""
+    def put(self, model: str, version: str, input_hash: str, value: Any, extra: Any = None) -> bool:
+        """Cache `value` (JSON-serialisable) and `extra` (kept as is, not counted in the byte budget: keep
+        it small); False if the value alone is larger than `max_bytes`."""
         key = (model, version, input_hash)
         data = orjson.dumps(value)
         size = len(data) + len(model) + len(version) + len(input_hash) + _ENTRY_OVERHEAD
@@ -89,7 +99,7 @@ class PredictionCache:
             self._remove(key)
         if size > self.max_bytes:
             return False
-        self._entries[key] = _Entry(data, size, self._clock() + self.ttl_s)
+        self._entries[key] = CacheEntry(data, size, self._clock() + self.ttl_s, extra)
         self._bytes += size
         while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
             self._remove(next(iter(self._entries)))

@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from models import fallbacks
 from models.errors import SchemaError
 from models.workflows import Fallback, RetryPolicy, StepSpec, WorkflowSpec, assemble_output, step_instances
@@ -59,6 +61,11 @@ from online.gateway.steps import (
     summarize,
 )
 from online.gateway.tracing import child_traceparent
+
+
+def _facts(inst: dict, out: dict | None) -> tuple[str, str]:
+    """What the prediction log keeps of one call: the input's hash and the output's summary."""
+    return content_hash(inst), summarize(inst, out)
 
 
 class _StepFailed(Exception):
@@ -183,18 +190,22 @@ class WorkflowEngine:
         fallback: tuple[str, str] | None = None,
         builtin: Fallback | None = None,
         parallel: bool = False,
+        raw: bool = False,
     ) -> tuple[StepReport, list[dict] | None]:
         """Call one model for a list of instances: route, cache, retry, fall back, log every call.
 
         `fallback` is another (model, version or alias); `builtin` a built-in fallback spec
         (`models.fallbacks`), computed here, calling at most its embed model. `parallel`: the step
         runs beside other steps of its workflow, and its server is told so (`models.threads`).
+        `raw`: the caller only serialises the outputs (orjson), so cached ones may come back as the
+        cache's JSON bytes (`orjson.Fragment`) instead of being parsed.
         """
         started = self.clock()
         route = self._route(model, step_id, ctx)
+        facts = None
         try:
-            outputs, cached, attempts = await self._call_cached(step_id, model, task, route, instances, ctx,
-                                                                timeout_ms, retry, parallel)
+            outputs, cached, attempts, facts = await self._call_cached(
+                step_id, model, task, route, instances, ctx, timeout_ms, retry, parallel, raw=raw)
             report = StepReport(step_id, model, route.version, route.arm, cached=cached, attempts=attempts)
             if route.shadow_version:
                 self._start_shadow(step_id, model, task, route.shadow_version, instances, ctx, timeout_ms)
@@ -213,7 +224,7 @@ class WorkflowEngine:
         report.latency_ms = (self.clock() - started) * 1000
         self.metrics.step_latency.labels(ctx.workflow or "", step_id, report.model, report.version or "",
                                          report.arm or "").observe(report.latency_ms / 1000)
-        self._log(ctx, step_id, report, instances, outputs)
+        self._log(ctx, step_id, report, instances, outputs, facts=facts)
         return report, outputs
 
     async def _recover(self, step_id, model, task, instances, ctx, timeout_ms, retry, optional, fallback,
@@ -234,7 +245,7 @@ class WorkflowEngine:
             else:
                 fb_started = self.clock()
                 try:
-                    outputs, cached, attempts = await self._call_cached(
+                    outputs, cached, attempts, _ = await self._call_cached(
                         step_id, fb_model, task, fb_route, instances, ctx, timeout_ms, retry)
                 except _StepFailed as fb_err:
                     self._log_failure(ctx, step_id, fb_model, fb_route.version, "fallback", fb_err, instances,
@@ -269,7 +280,7 @@ class WorkflowEngine:
             labels = fallbacks.label_prompts(fb.labels or [])
             texts = [*labels.values(), *(t for ts in wanted for t in ts)]
             try:
-                vectors, cached, attempts = await self._call_cached(
+                vectors, cached, attempts, _ = await self._call_cached(
                     step_id, fb.model, "embed", route, [{"text": t} for t in texts], ctx, timeout_ms, retry)
             except _StepFailed as err:
                 self._log_failure(ctx, step_id, fb.model, route.version, "fallback", err, instances, started)
@@ -314,10 +325,15 @@ class WorkflowEngine:
         return Route(version=ref, arm="fallback", shadow_version=None)
 
     async def _call_cached(self, step_id, model, task, route: Route, instances, ctx, timeout_ms, retry,
-                           parallel=False):
+                           parallel=False, *, raw=False):
+        """(outputs, all cached, attempts, log facts): each output from the cache or the model, with its
+        prediction-log facts (`_facts`), computed once per cache entry and kept with it."""
         hashes = [content_hash({"task": task, "input": inst}) for inst in instances]
-        outputs: list[dict | None] = [self.cache.get(model, route.version, h) for h in hashes]
-        missing = [i for i, out in enumerate(outputs) if out is None]
+        entries = [self.cache.lookup(model, route.version, h) for h in hashes]
+        outputs: list = [None if e is None else orjson.Fragment(e.data) if raw else orjson.loads(e.data)
+                         for e in entries]
+        facts: list = [None if e is None else e.extra for e in entries]
+        missing = [i for i, e in enumerate(entries) if e is None]
         hits = len(instances) - len(missing)
         if hits:
             self.metrics.cache.labels(model, "hit").inc(hits)
@@ -328,8 +344,9 @@ class WorkflowEngine:
                 step_id, model, route, [instances[i] for i in missing], ctx, timeout_ms, retry, parallel)
             for i, out in zip(missing, fresh):
                 outputs[i] = out
-                self.cache.put(model, route.version, hashes[i], out)
-        return outputs, not missing, attempts
+                facts[i] = _facts(instances[i], out)
+                self.cache.put(model, route.version, hashes[i], out, extra=facts[i])
+        return outputs, not missing, attempts, facts
 
     async def _call_with_retries(self, step_id, model, route: Route, instances, ctx, timeout_ms, retry,
                                  parallel=False):
@@ -456,19 +473,20 @@ class WorkflowEngine:
             await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
 
     def _log(self, ctx: RequestContext, step_id: str, report: StepReport, instances, outputs,
-             error_type: str | None = None) -> None:
+             error_type: str | None = None, *, facts: list | None = None) -> None:
+        """One `predictions` row per instance; `facts[i]`, when given, is instance i's `_facts`."""
         if self.log is None:
             return
         now = datetime.now(UTC)
         day = now.date()
         status = report.status
         for i, inst in enumerate(instances):
-            out = outputs[i] if outputs else None
+            input_hash, summary = facts[i] if facts else _facts(inst, outputs[i] if outputs else None)
             self.log.log({
                 "request_id": ctx.request_id, "trace_id": ctx.trace_id, "tenant": ctx.tenant,
                 "workflow": ctx.workflow, "workflow_version": ctx.workflow_version, "step": step_id,
                 "model": report.model, "version": report.version, "arm": report.arm,
-                "input_hash": content_hash(inst), "output_summary": summarize(inst, out),
+                "input_hash": input_hash, "output_summary": summary,
                 "latency_ms": report.latency_ms, "status": status, "error": report.error,
                 "error_type": error_type, "cached": report.cached, "ts": now, "day": day,
             })

@@ -123,3 +123,16 @@ def test_invalid_settings_are_refused():
         PredictionCache(max_entries=0)
     with pytest.raises(ValueError):
         PredictionCache(ttl_s=0)
+
+
+def test_lookup_returns_the_entry_with_what_was_kept_beside_it_and_get_a_fresh_copy():
+    cache = PredictionCache(clock=FakeClock())
+    h = content_hash({"text": "x"})
+    assert cache.lookup("emb", "1", h) is None
+    cache.put("emb", "1", h, {"embedding": [0.5, 0.25]}, extra=("hash", "summary"))
+    entry = cache.lookup("emb", "1", h)
+    assert entry.data == b'{"embedding":[0.5,0.25]}' and entry.extra == ("hash", "summary")
+    first = cache.get("emb", "1", h)
+    first["embedding"].append(9.0)  # a caller mutating its copy
+    assert cache.get("emb", "1", h) == {"embedding": [0.5, 0.25]}
+    assert (cache.hits, cache.misses) == (3, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import orjson
 import pytest
 
 from models._registry_state import AliasState
@@ -209,6 +210,30 @@ async def test_canary_routing_is_sticky_and_cache_separates_versions():
     versions = {next(iter(v))[1] for v in arms.values()}
     assert versions == {"1", "2"}
     assert len(fake.calls) == 2  # one miss per version; every other call was a cache hit
+
+
+async def test_a_cached_answer_is_the_fresh_one_and_a_raw_caller_gets_it_as_the_caches_bytes():
+    fake, log = FakeServers(), RecordingLog()
+    engine = make_engine(fake, log=log)
+    texts = [{"text": "same"}, {"text": "other"}]
+
+    async def call(instances, raw):
+        return (await engine.call_step(step_id="e", model="embedder", task="embed", instances=instances,
+                                       ctx=ctx(), timeout_ms=500, retry=RetryPolicy(), raw=raw))[1]
+
+    fresh = await call(texts[:1], raw=True)  # a miss: the model's output, parsed
+    assert isinstance(fresh[0], dict)
+    mixed = await call(texts, raw=True)  # a hit and a miss in one call
+    assert isinstance(mixed[0], orjson.Fragment) and isinstance(mixed[1], dict)
+    parsed = await call(texts, raw=False)
+    assert all(isinstance(o, dict) for o in parsed)
+    # Serialised, every form is the same answer.
+    assert orjson.dumps(mixed) == orjson.dumps(parsed) == orjson.dumps([fresh[0], parsed[1]])
+    assert len(fake.calls) == 2
+    # The log's facts were computed once per entry and kept: a hit's row reads like the miss's.
+    same = [(r["input_hash"], r["output_summary"]) for r in log.rows if r["input_hash"] == log.rows[0]["input_hash"]]
+    assert len(same) == 3 and len(set(same)) == 1
+    assert orjson.loads(same[0][1])["dim"] == 4
 
 
 def test_step_report_as_dict_names_every_field():

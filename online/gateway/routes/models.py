@@ -39,14 +39,15 @@ def _check_count(runtime: Runtime, n: int) -> None:
 
 
 async def _call(runtime: Runtime, caller: Caller, model: str, task: str, instances: list[dict],
-                version: str | None, deadline: int | None) -> tuple[list[dict], StepReport, dict]:
+                version: str | None, deadline: int | None, *, raw: bool = False,
+                ) -> tuple[list[dict], StepReport, dict]:
     _check_count(runtime, len(instances))
     ctx = request_context(runtime, caller, deadline_ms=deadline, spec=None,
                           pins={model: version} if version else None)
     started = time.perf_counter()
     report, outputs = await runtime.engine.call_step(
         step_id=model, model=model, task=task, instances=instances, ctx=ctx,
-        timeout_ms=int(ctx.budget_ms), retry=RetryPolicy(),
+        timeout_ms=int(ctx.budget_ms), retry=RetryPolicy(), raw=raw,
     )
     note_steps([report])
     return outputs or [], report, redact_step_errors(metadata(ctx, [report], started))
@@ -65,8 +66,9 @@ async def predict_core(call: Call, name: str, body: PredictRequest) -> Response:
     instances = [validate(task.input, inst, f"instances.{i}") for i, inst in enumerate(body.instances)]
 
     async def run() -> dict:
+        # Only serialised: cached outputs go out as the cache's bytes, never parsed.
         outputs, _, meta = await _call(runtime, call.caller, name, task.name, instances, body.version,
-                                       call.deadline_ms)
+                                       call.deadline_ms, raw=True)
         return {"predictions": outputs, "metadata": meta}
 
     return await respond(runtime, call.caller, call.idempotency_key, body, f"predict:{name}", run,
