@@ -8,7 +8,7 @@ pickles the batch (plain values and bytes: ~5 us a row), sends it down a pipe an
 released, until the child has committed it. `build`, a picklable function, runs in the child first to
 turn what was sent into rows.
 
-The child is started on the first append and again after it died (the failed batch raises
+The child is started by `start()` or the first append, and again after it died (the failed batch raises
 `AppendProcessError`; the caller keeps and retries it). It keeps one `Appender` per table, so it only
 reads new commits between appends and compacts as `compact_every` says. It exits when its pipe closes,
 so it never outlives the process that started it. One batch at a time: concurrent callers queue.
@@ -16,6 +16,7 @@ so it never outlives the process that started it. One batch at a time: concurren
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pickle
@@ -35,6 +36,7 @@ __all__ = ["AppendProcess", "AppendProcessError"]
 logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<Q")  # the length of each pickled message
+_COLLECT_EVERY = 100  # batches between the child's garbage collections
 
 
 class AppendProcessError(LakehouseError):
@@ -72,6 +74,11 @@ class AppendProcess:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def start(self) -> None:
+        """Start the child now rather than at the first append (its imports take a second or two of CPU)."""
+        with self._lock:
+            self._running()
 
     def append(self, table: str, rows: list, *, build: Callable[[list], list[dict]] | None = None) -> int:
         """Append `rows` (or `build(rows)`, computed in the child) to `table`; returns the new table version.
@@ -139,31 +146,46 @@ class AppendProcess:
 
 
 def _serve(inbox: BinaryIO, outbox: BinaryIO) -> None:
-    """The child's loop: open the lake, then append batch after batch until the pipe closes."""
+    """The child's loop: open the lake, then append batch after batch until the pipe closes.
+
+    The cyclic collector is off: a batch is thousands of short-lived objects without cycles, and with
+    it on, unpickling and converting them set off collections that took 20-30% of this process's time.
+    It runs once every `_COLLECT_EVERY` batches and after a failure (a traceback holds cycles), when no
+    batch is alive, over a heap frozen once the lake was opened."""
+    gc.disable()
     lake: Lake | None = None
     compact_every = 0
     appenders: dict[str, Appender] = {}
+    handled = 0
     while True:
         try:
             message = _receive(inbox)
         except EOFError:
             return
+        failed = False
         try:
             if message[0] == "open":
                 _, lake, compact_every = message
+                gc.collect()
+                gc.freeze()  # what is alive now (modules, pyarrow, deltalake) lives as long as the process
                 reply = ("ok", None)
             else:
                 _, table, build, rows = message
                 if table not in appenders:
                     appenders[table] = lake.appender(table, compact_every=compact_every)
                 reply = ("ok", appenders[table].append(build(rows) if build is not None else rows))
+                rows = None
         except Exception as exc:  # reported to the parent, which keeps the batch and retries
             logger.warning("append failed", exc_info=True)
-            reply = ("error", f"{type(exc).__name__}: {exc}")
+            reply, failed = ("error", f"{type(exc).__name__}: {exc}"), True
+        message = None
         try:
             _send(outbox, reply)
         except BrokenPipeError:  # the parent is gone
             return
+        handled += 1
+        if failed or handled % _COLLECT_EVERY == 0:
+            gc.collect()
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from lakehouse import Lake
-from lakehouse.append_process import AppendProcess
+from lakehouse.append_process import AppendProcess, AppendProcessError
 from models.errors import UnknownTenantError
 from models.pii import Privacy, redact
 from models.registry import Registry
@@ -181,6 +181,12 @@ class Runtime:
         self._tasks: list[asyncio.Task] = []
         self.last_refresh = 0.0
 
+    async def _start_appends(self) -> None:
+        try:
+            await asyncio.to_thread(self.appends.start)
+        except AppendProcessError as exc:
+            log.warning("%s; the prediction log and request record keep their rows and retry", exc)
+
     def _count_in_flight_reject(self, tenant: str) -> None:
         self._in_flight_rejects.labels(tenant).inc()
 
@@ -234,6 +240,8 @@ class Runtime:
         self.states = self.served.effective(self.registry_states)
 
     async def start(self) -> None:
+        if self.appends is not None:  # in the background: a writer that cannot start is retried at each write
+            self._tasks.append(asyncio.create_task(self._start_appends()))
         await self.refresh_served()
         await asyncio.to_thread(self.refresh_registry)
         if self.log is not None:

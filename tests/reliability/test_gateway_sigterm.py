@@ -1,15 +1,19 @@
-"""SIGTERM the gateway under load: every request it answered 200 has its rows in `predictions`.
+"""SIGTERM the gateway under load: every request it answered 200 has its rows in `predictions` and
+`requests`.
 
 Real processes: two tiny-model LitServe servers and the gateway (`python -m online.gateway`) on free
 ports, a few client threads posting distinct texts with their own `X-Request-Id`. The prediction log
 is buffered (flushed every 5 s, the default), so rows of the last answers are still in memory when the
-signal lands: shutdown must write them. A request refused or cut at shutdown is fine; a 200 whose
-rows are missing is a lost record.
+signal lands: shutdown must write them, through the gateway's writer process, which gets the signal
+too (it goes to the whole process group, as a supervisor's or a terminal's does) and must outlive it.
+A request refused or cut at shutdown is fine; a 200 whose rows are missing is a lost record.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -87,8 +91,11 @@ def test_sigterm_under_load_loses_no_prediction_row_of_an_answered_request(clust
         t.start()
     time.sleep(LOAD_BEFORE_SIGTERM_S)
     gw = cluster.procs["gateway"].proc
+    writers = subprocess.run(["pgrep", "-P", str(gw.pid), "-f", "lakehouse.append_process"],
+                             capture_output=True, text=True).stdout.split()
+    assert len(writers) == 1, f"the gateway runs one writer process, found {writers}"
     answered_before = sum(1 for _, s in list(outcomes.values()) if s == 200)
-    gw.send_signal(signal.SIGTERM)
+    os.killpg(gw.pid, signal.SIGTERM)
     try:
         code = gw.wait(timeout=30)  # graceful: in-flight requests finish, then the log is flushed
     finally:
@@ -113,5 +120,10 @@ def test_sigterm_under_load_loses_no_prediction_row_of_an_answered_request(clust
     short = {rid: logged[rid]["n"] for rid, wf in ok.items() if logged[rid]["n"] != STEPS[wf]}
     assert not short, f"answered requests with the wrong number of rows (want one per step): {short}"
     assert all(logged[rid]["status"] == "ok" for rid in ok)
+    recorded = {r["request_id"] for r in Lake(cluster.settings.lake_root).sql(
+        "SELECT request_id FROM requests WHERE tenant = 'load' AND http_status = 200").to_pylist()}
+    unrecorded = sorted(set(ok) - recorded)
+    assert not unrecorded, f"{len(unrecorded)} of {len(ok)} answered requests have no record: {unrecorded[:10]}"
+    assert not Path(f"/proc/{writers[0]}").exists(), "the writer process outlived the gateway"
     print(f"\nstatuses {dict(statuses)}; {len(ok)} answered 200 ({answered_before} before SIGTERM), "
           f"{sum(STEPS[wf] for wf in ok.values())} rows expected, all found; {len(logged)} request ids logged")
