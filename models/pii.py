@@ -153,17 +153,26 @@ def keyed_hash(text: str, key: bytes) -> str:
 def home_secret(home: Path, name: str, make: Callable[[], bytes]) -> bytes:
     """The secret `<home>/secrets/<name>`, created (mode 0600, by `make`) on first use.
 
-    Two processes racing to create it both end with the one that won (O_EXCL).
+    Written whole to a file of its own, then linked into place (`os.link` fails if the name exists):
+    processes racing to create it all end with the one that won, and none ever reads it half written.
     """
     folder = Path(home).absolute() / "secrets"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = folder / name
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes().strip()
-    with os.fdopen(fd, "wb") as f:
-        f.write(make())
+    if not path.exists():
+        tmp = folder / f".{name}.{os.getpid()}.{os.urandom(4).hex()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(make())
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process won; its secret is the one
+        finally:
+            tmp.unlink()
     return path.read_bytes().strip()
 
 

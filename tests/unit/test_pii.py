@@ -88,3 +88,23 @@ def test_sealed_job_inputs_open_only_with_their_home_key(tmp_path):
     assert mine.unseal(token) == '{"text": "jane@example.com"}'
     with pytest.raises(SealError, match="cannot be opened"):
         other.unseal(token)
+
+
+def test_creators_racing_for_a_secret_all_read_the_winners_whole(tmp_path):
+    # The first creator is slow to produce its secret: a racer must never read the file half written
+    # (two gateways started at once on a fresh home: one had read an empty key and failed to start).
+    import threading
+    import time
+
+    def slow() -> bytes:
+        time.sleep(0.3)
+        return b"first"
+
+    got: dict[str, bytes] = {}
+    first = threading.Thread(target=lambda: got.__setitem__("first", home_secret(tmp_path, "k.key", slow)))
+    first.start()
+    time.sleep(0.1)  # the first is inside `slow` now
+    got["second"] = home_secret(tmp_path, "k.key", lambda: b"second")
+    first.join()
+    assert got["first"] == got["second"] and got["first"] in (b"first", b"second")
+    assert sorted(p.name for p in (tmp_path / "secrets").iterdir()) == ["k.key"]  # no temporary file left
