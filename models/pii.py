@@ -17,6 +17,7 @@ so that near-misses (a 16-digit number failing Luhn, a date, an invalid IP) stay
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -167,10 +168,8 @@ def home_secret(home: Path, name: str, make: Callable[[], bytes]) -> bytes:
                 f.write(make())
                 f.flush()
                 os.fsync(f.fileno())
-            try:
+            with contextlib.suppress(FileExistsError):  # another process won: its secret is the one
                 os.link(tmp, path)
-            except FileExistsError:
-                pass  # another process won; its secret is the one
         finally:
             tmp.unlink()
     return path.read_bytes().strip()

@@ -34,7 +34,6 @@ from models.workflows import Fallback, RetryPolicy, StepSpec, WorkflowSpec, asse
 from online.gateway.breaker import BreakerBoard
 from online.gateway.cache import PredictionCache, content_hash
 from online.gateway.client import (
-    CallTimeout,
     EndpointUnreachable,
     ModelCallError,
     ModelClient,
@@ -46,10 +45,8 @@ from online.gateway.metrics import GatewayMetrics
 from online.gateway.problems import (
     DeadlineExceeded,
     GatewayError,
-    InvalidInput,
     NotFound,
     ServiceUnavailable,
-    UpstreamError,
 )
 from online.gateway.routing import Route, Router
 from online.gateway.steps import (
@@ -58,14 +55,11 @@ from online.gateway.steps import (
     both_failed,
     call_error_type,
     first_gateway_error,
-    summarize,
+    log_facts,
+    rejected_error,
+    unavailable_error,
 )
 from online.gateway.tracing import child_traceparent
-
-
-def _facts(inst: dict, out: dict | None) -> tuple[str, str]:
-    """What the prediction log keeps of one call: the input's hash and the output's summary."""
-    return content_hash(inst), summarize(inst, out)
 
 
 class _StepFailed(Exception):
@@ -327,7 +321,7 @@ class WorkflowEngine:
     async def _call_cached(self, step_id, model, task, route: Route, instances, ctx, timeout_ms, retry,
                            parallel=False, *, raw=False):
         """(outputs, all cached, attempts, log facts): each output from the cache or the model, with its
-        prediction-log facts (`_facts`), computed once per cache entry and kept with it."""
+        prediction-log facts (`log_facts`), computed once per cache entry and kept with it."""
         hashes = [content_hash({"task": task, "input": inst}) for inst in instances]
         entries = [self.cache.lookup(model, route.version, h) for h in hashes]
         outputs: list = [None if e is None else orjson.Fragment(e.data) if raw else orjson.loads(e.data)
@@ -344,7 +338,7 @@ class WorkflowEngine:
                 step_id, model, route, [instances[i] for i in missing], ctx, timeout_ms, retry, parallel)
             for i, out in zip(missing, fresh):
                 outputs[i] = out
-                facts[i] = _facts(instances[i], out)
+                facts[i] = log_facts(instances[i], out)
                 self.cache.put(model, route.version, hashes[i], out, extra=facts[i])
         return outputs, not missing, attempts, facts
 
@@ -383,11 +377,11 @@ class WorkflowEngine:
                 )
             except RejectedCall as exc:
                 breaker.record_success()  # the server is up; the request is what it refused
-                raise _StepFailed(self._rejected(model, route.version, exc), attempt, "rejected") from exc
+                raise _StepFailed(rejected_error(model, route.version, exc), attempt, "rejected") from exc
             except RetryableCallError as exc:
                 breaker.record_failure()
                 self._count_error(ctx, step_id, model, route, "retry")
-                last, last_exc = self._unavailable(model, exc), exc
+                last, last_exc = unavailable_error(model, exc), exc
                 failed.add(url)
                 if isinstance(exc, EndpointUnreachable) and self._untried(model, failed):
                     attempt -= 1  # nothing reached that replica: another one answers at once, at no attempt's cost
@@ -418,26 +412,6 @@ class WorkflowEngine:
             if breaker.allow():
                 return url, breaker
         return None
-
-    def _rejected(self, model: str, version: str, exc: ModelCallError) -> GatewayError:
-        if exc.status == 404:
-            return ServiceUnavailable(
-                f"version {version} of {model!r} is not served: no model server has it loaded yet "
-                "(servers load a version once it gains an alias); "
-                f"`tandem models status {model}` shows what each server has loaded")
-        if exc.status == 422:
-            return InvalidInput([{"field": "input", "message": f"model {model!r} rejected it: {exc}"}])
-        return UpstreamError(f"model {model!r} refused the call: {exc}")
-
-    @staticmethod
-    def _unavailable(model: str, exc: ModelCallError) -> GatewayError:
-        # Details name the model, never a server's address (they go to external callers).
-        if isinstance(exc, CallTimeout):
-            return DeadlineExceeded(f"model {model!r} did not answer within the step's timeout")
-        if exc.status is not None and exc.status < 500 and exc.status != 429:
-            return UpstreamError(f"model {model!r} failed (its server answered {exc.status})")
-        why = f"its server answered {exc.status}" if exc.status is not None else "its server is unreachable"
-        return ServiceUnavailable(f"model {model!r} has no healthy server ({why}); retry in a few seconds")
 
     def _start_shadow(self, step_id, model, task, version, instances, ctx, timeout_ms) -> None:
         if self._shadow_slots.locked():
@@ -474,14 +448,14 @@ class WorkflowEngine:
 
     def _log(self, ctx: RequestContext, step_id: str, report: StepReport, instances, outputs,
              error_type: str | None = None, *, facts: list | None = None) -> None:
-        """One `predictions` row per instance; `facts[i]`, when given, is instance i's `_facts`."""
+        """One `predictions` row per instance; `facts[i]`, when given, is instance i's `log_facts`."""
         if self.log is None:
             return
         now = datetime.now(UTC)
         day = now.date()
         status = report.status
         for i, inst in enumerate(instances):
-            input_hash, summary = facts[i] if facts else _facts(inst, outputs[i] if outputs else None)
+            input_hash, summary = facts[i] if facts else log_facts(inst, outputs[i] if outputs else None)
             self.log.log({
                 "request_id": ctx.request_id, "trace_id": ctx.trace_id, "tenant": ctx.tenant,
                 "workflow": ctx.workflow, "workflow_version": ctx.workflow_version, "step": step_id,

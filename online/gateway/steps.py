@@ -12,10 +12,18 @@ from typing import Any
 
 import orjson
 
+from online.gateway.cache import content_hash
 from online.gateway.client import CallTimeout, ModelCallError, RejectedCall
-from online.gateway.problems import DeadlineExceeded, GatewayError, ServiceUnavailable, UpstreamError
+from online.gateway.problems import (
+    DeadlineExceeded,
+    GatewayError,
+    InvalidInput,
+    ServiceUnavailable,
+    UpstreamError,
+)
 
-__all__ = ["RequestContext", "StepReport", "both_failed", "call_error_type", "first_gateway_error", "summarize"]
+__all__ = ["RequestContext", "StepReport", "both_failed", "call_error_type", "first_gateway_error", "log_facts",
+           "rejected_error", "summarize", "unavailable_error"]
 
 
 @dataclass
@@ -114,3 +122,31 @@ def summarize(inp: dict, out: dict | None) -> str:
                 summary["top_index"] = res[0]["index"]
                 summary["top_score"] = round(float(res[0]["score"]), 6)
     return orjson.dumps(summary).decode()
+
+
+def rejected_error(model: str, version: str, exc: ModelCallError) -> GatewayError:
+    """What a caller is told when a model server refused a call (4xx other than 429)."""
+    if exc.status == 404:
+        return ServiceUnavailable(
+            f"version {version} of {model!r} is not served: no model server has it loaded yet "
+            "(servers load a version once it gains an alias); "
+            f"`tandem models status {model}` shows what each server has loaded")
+    if exc.status == 422:
+        return InvalidInput([{"field": "input", "message": f"model {model!r} rejected it: {exc}"}])
+    return UpstreamError(f"model {model!r} refused the call: {exc}")
+
+
+def unavailable_error(model: str, exc: ModelCallError) -> GatewayError:
+    """What a caller is told when a model's servers failed, timed out or could not be reached."""
+    # Details name the model, never a server's address (they go to external callers).
+    if isinstance(exc, CallTimeout):
+        return DeadlineExceeded(f"model {model!r} did not answer within the step's timeout")
+    if exc.status is not None and exc.status < 500 and exc.status != 429:
+        return UpstreamError(f"model {model!r} failed (its server answered {exc.status})")
+    why = f"its server answered {exc.status}" if exc.status is not None else "its server is unreachable"
+    return ServiceUnavailable(f"model {model!r} has no healthy server ({why}); retry in a few seconds")
+
+
+def log_facts(inst: dict, out: dict | None) -> tuple[str, str]:
+    """What the prediction log keeps of one call: the input's hash and the output's summary."""
+    return content_hash(inst), summarize(inst, out)
