@@ -16,6 +16,7 @@ so it never outlives the process that started it. One batch at a time: concurren
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -106,10 +107,8 @@ class AppendProcess:
         if proc is None:
             return
         for pipe in (proc.stdin, proc.stdout):
-            try:
+            with contextlib.suppress(OSError):  # a child already gone: its pipe is broken
                 pipe.close()
-            except OSError:
-                pass
         try:
             proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
