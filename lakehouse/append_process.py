@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 from lakehouse.errors import LakehouseError
 from lakehouse.lake import Appender, Lake
 
-__all__ = ["AppendProcess", "AppendProcessError"]
+__all__ = ["AppendProcess", "AppendProcessError", "LocalAppends"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,30 @@ def _receive(pipe: BinaryIO) -> Any:
     if len(data) < size:
         raise EOFError
     return pickle.loads(data)
+
+
+class LocalAppends:
+    """`AppendProcess`'s interface, appending in the calling thread (one `Appender` per table)."""
+
+    pid = None
+
+    def __init__(self, lake: Lake, *, compact_every: int = 0):
+        self.lake = lake
+        self.compact_every = compact_every
+        self._appenders: dict[str, Appender] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Nothing to start: appends run in the caller's thread."""
+
+    def append(self, table: str, rows: list, *, build: Callable[[list], list[dict]] | None = None) -> int:
+        with self._lock:
+            if table not in self._appenders:
+                self._appenders[table] = self.lake.appender(table, compact_every=self.compact_every)
+            return self._appenders[table].append(build(rows) if build is not None else rows)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._appenders.clear()
 
 
 class AppendProcess:

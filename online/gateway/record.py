@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from lakehouse.append_process import AppendProcess
+from lakehouse.append_process import AppendProcess, LocalAppends
 from models.pii import Privacy
 from models.record import protect_output, public_record, read_record, stored_input
 from online.gateway.logsink import PredictionLog
@@ -151,12 +151,11 @@ class RequestRecorder:
     """Buffers finished notes (never blocking), writes them as `requests` rows, answers look-ups."""
 
     def __init__(self, lake, privacy: Privacy, *, max_rows: int = 2000, flush_interval_s: float = 2.0,
-                 compact_every: int = 60, appends: AppendProcess | None = None):
+                 compact_every: int = 60, appends: AppendProcess | LocalAppends | None = None):
         self._lake = lake
         self.privacy = privacy
-        self._appends = appends  # None: rows are built and written in the flusher's thread
-        self._compact_every = compact_every
-        self._appender = None
+        # Where rows are built and written: the gateway's writer process, or (None) the flusher's thread.
+        self._appends = appends or LocalAppends(lake, compact_every=compact_every)
         self._pending: dict[tuple[str, str], RequestNote] = {}  # (tenant, request_id) -> note, until written
         self.sink = PredictionLog(self._write, max_rows=max_rows, flush_interval_s=flush_interval_s,
                                   name="request record")
@@ -171,12 +170,7 @@ class RequestRecorder:
             self._pending[(tenant, request_id)] = note
 
     def _write(self, notes: list[RequestNote]) -> None:
-        if self._appends is not None:
-            self._appends.append("requests", notes, build=partial(build_rows, privacy=self.privacy))
-        else:
-            if self._appender is None:
-                self._appender = self._lake.appender("requests", compact_every=self._compact_every)
-            self._appender.append(build_rows(notes, self.privacy))
+        self._appends.append("requests", notes, build=partial(build_rows, privacy=self.privacy))
         for n in notes:
             if self._pending.get((n.tenant, n.request_id)) is n:
                 del self._pending[(n.tenant, n.request_id)]

@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from lakehouse import Lake
-from lakehouse.append_process import AppendProcess, AppendProcessError
+from lakehouse.append_process import AppendProcess, AppendProcessError, LocalAppends
 from models.errors import UnknownTenantError
 from models.pii import Privacy, redact
 from models.registry import Registry
@@ -142,7 +142,6 @@ class Runtime:
         self.servers = ServerDirectory(gateway.servers, settings.home.absolute() / DEPLOYMENTS_FILE)
         self.states: dict[str, Any] = {}  # what routing uses: the registry's, less versions not loaded yet
         self.registry_states: dict[str, Any] = {}
-        self._appender = None
         self.tasks: dict[str, str] = {}
         self.versions: dict[str, set[str]] = {}
         self.client = client or ModelClient(
@@ -160,11 +159,11 @@ class Runtime:
                           flush_interval_s=gateway.log_flush_s)
             if gateway.log_enabled else None
         )
-        # Both sinks append through one writer process (started on the first write), or in their threads.
+        # Both sinks append through one writer process (started with the gateway), or in their threads.
         self.appends = (
             AppendProcess(self.lake, compact_every=gateway.log_compact_every, name="gateway lake writer")
-            if gateway.lake_writer == "process" and (gateway.log_enabled or gateway.record_enabled) else None
-        )
+            if gateway.lake_writer == "process" else LocalAppends(self.lake, compact_every=gateway.log_compact_every)
+        ) if gateway.log_enabled or gateway.record_enabled else None
         self.privacy = Privacy.for_home(settings.home)  # its secrets stay outside the lake
         self.recorder = (
             RequestRecorder(self.lake, self.privacy, max_rows=gateway.log_flush_rows,
@@ -194,12 +193,7 @@ class Runtime:
         for row in rows:  # an error text may quote an input (a model server's 422): stored as the policy allows
             if row.get("error") and self.tenant_pii(row["tenant"]) != "keep":
                 row["error"] = redact(row["error"])
-        if self.appends is not None:
-            self.appends.append("predictions", rows)
-            return
-        if self._appender is None:
-            self._appender = self.lake.appender("predictions", compact_every=self.gateway.log_compact_every)
-        self._appender.append(rows)
+        self.appends.append("predictions", rows)
 
     def tenant_pii(self, tenant_id: str) -> str:
         """The tenant's PII policy; `drop` (store nothing) for a tenant deleted meanwhile."""
