@@ -338,7 +338,7 @@ class WorkflowEngine:
                 step_id, model, route, [instances[i] for i in missing], ctx, timeout_ms, retry, parallel)
             for i, out in zip(missing, fresh):
                 outputs[i] = out
-                facts[i] = log_facts(instances[i], out)
+                facts[i] = log_facts(instances[i], out) if self.log is not None else None  # none kept: no log
                 self.cache.put(model, route.version, hashes[i], out, extra=facts[i])
         return outputs, not missing, attempts, facts
 
