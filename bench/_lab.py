@@ -124,8 +124,8 @@ class Lab:
         group = self._groups.setdefault(kind, Group(self.config.work_dir / "logs" / kind))
         missing = [n for n in names if n not in group.procs]
         servers = [n for n in missing if n.startswith("server-")]
-        if "gateway" in " ".join(missing) and not {"server-embedder", "server-classifier"} <= set(group.procs):
-            servers = sorted({*servers, "server-embedder", "server-classifier"})
+        if "gateway" in " ".join(missing):  # a gateway needs both model servers; start only those not running
+            servers = sorted({*servers, *(n for n in ("server-embedder", "server-classifier") if n not in group.procs)})
         if servers:
             self.say(f"  starting {', '.join(servers)} ({'real' if home.real else 'tiny'} models)")
             group.start(*(self._spec(home, n) for n in servers))

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,10 +116,18 @@ class Group:
 
     def start(self, *procs: Proc) -> None:
         """Start `procs` at once and wait until all are ready (startups overlap)."""
+        self.check_not_running(procs)
         for p in procs:
             self.procs[p.name] = p.start(self.log_dir)
         for p in procs:
             p.wait_ready()
+
+    def check_not_running(self, procs: Iterable[Proc]) -> None:
+        """Refuse to start a process of a name this group runs: the running one would be forgotten and
+        outlive the bench, holding its memory and port."""
+        running = [p.name for p in procs if p.name in self.procs]
+        if running:
+            raise BenchError(f"{', '.join(running)} already running in this group")
 
     def __getitem__(self, name: str) -> Proc:
         return self.procs[name]
