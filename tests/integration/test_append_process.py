@@ -45,19 +45,26 @@ def _ids(lake: Lake) -> list[str]:
     return sorted(lake.sql("SELECT request_id FROM predictions")["request_id"].to_pylist())
 
 
+def _numbered(rows: list[dict]) -> list[dict]:
+    """A `build` step: each row's position in the batch the child received, as its latency."""
+    return [{**r, "latency_ms": float(i)} for i, r in enumerate(rows)]
+
+
 def test_a_batch_of_many_slices_lands_whole_and_in_order_and_an_unpicklable_row_leaves_the_pipe_usable(tmp_path):
     lake = Lake(str(tmp_path / "lake"))
     appends = AppendProcess(lake)
     many = _rows(5 * _SLICE_ROWS + 7)  # six slices, each pickled by its own call
     try:
-        appends.append("predictions", many)
+        appends.append("predictions", many, build=_numbered)
         with pytest.raises((pickle.PicklingError, TypeError, AttributeError)):
             appends.append("predictions", [*_rows(_SLICE_ROWS + 1, start=10_000), {"request_id": lambda: None}])
         appends.append("predictions", _rows(1, start=20_000))  # the next batch reads as its own
     finally:
         appends.close()
-    ids = lake.sql("SELECT request_id FROM predictions ORDER BY ts, request_id")["request_id"].to_pylist()
+    ids = lake.sql("SELECT request_id FROM predictions")["request_id"].to_pylist()
     assert sorted(ids) == sorted([r["request_id"] for r in many] + ["r20000"])  # none of the refused batch
+    positions = lake.sql("SELECT request_id, latency_ms FROM predictions WHERE latency_ms IS NOT NULL").to_pylist()
+    assert all(int(p["request_id"][1:]) == p["latency_ms"] for p in positions) and len(positions) == len(many)
 
 
 def test_no_single_pickle_call_holds_more_than_a_slice_of_a_batch(tmp_path, monkeypatch):
