@@ -65,7 +65,10 @@ def _send_rows(pipe: BinaryIO, head: tuple, rows: list) -> None:
 
 
 def _receive_rows(pipe: BinaryIO, slices: int) -> list:
-    return [row for _ in range(slices) for row in _receive(pipe)]
+    """The rows of `slices` frames, all read before any is unpickled: a slice that fails to unpickle
+    must not leave the rest of its batch in the pipe to be read as the next message."""
+    frames = [_read_frame(pipe) for _ in range(slices)]
+    return [row for frame in frames for row in pickle.loads(frame)]
 
 
 def _write_frame(pipe: BinaryIO, data: bytes) -> None:
@@ -74,6 +77,10 @@ def _write_frame(pipe: BinaryIO, data: bytes) -> None:
 
 
 def _receive(pipe: BinaryIO) -> Any:
+    return pickle.loads(_read_frame(pipe))
+
+
+def _read_frame(pipe: BinaryIO) -> bytes:
     header = pipe.read(_HEADER.size)
     if len(header) < _HEADER.size:
         raise EOFError
@@ -81,7 +88,7 @@ def _receive(pipe: BinaryIO) -> Any:
     data = pipe.read(size)
     if len(data) < size:
         raise EOFError
-    return pickle.loads(data)
+    return data
 
 
 class LocalAppends:
@@ -216,7 +223,10 @@ def _serve(inbox: BinaryIO, outbox: BinaryIO) -> None:
                 reply = ("ok", None)
             else:
                 _, table, build, slices = message
-                rows = _receive_rows(inbox, slices)
+                try:
+                    rows = _receive_rows(inbox, slices)
+                except EOFError:  # the parent died sending it
+                    return
                 if table not in appenders:
                     appenders[table] = lake.appender(table, compact_every=compact_every)
                 reply = ("ok", appenders[table].append(build(rows) if build is not None else rows))

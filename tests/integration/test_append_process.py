@@ -67,6 +67,30 @@ def test_a_batch_of_many_slices_lands_whole_and_in_order_and_an_unpicklable_row_
     assert all(int(p["request_id"][1:]) == p["latency_ms"] for p in positions) and len(positions) == len(many)
 
 
+def _explode():
+    raise ValueError("this row cannot be rebuilt")
+
+
+class _Unrebuildable:
+    """Pickles in the parent; unpickling it in the child raises."""
+
+    def __reduce__(self):
+        return _explode, ()
+
+
+def test_a_slice_that_fails_to_unpickle_in_the_child_fails_its_batch_only(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    appends = AppendProcess(lake)
+    try:
+        bad = [{**_rows(1, start=500)[0], "error": _Unrebuildable()}, *_rows(2 * _SLICE_ROWS, start=501)]
+        with pytest.raises(AppendProcessError, match="cannot be rebuilt"):
+            appends.append("predictions", bad)  # its first slice fails; the two after it must not linger
+        appends.append("predictions", _rows(3))
+    finally:
+        appends.close()
+    assert _ids(lake) == ["r0", "r1", "r2"]
+
+
 def test_no_single_pickle_call_holds_more_than_a_slice_of_a_batch(tmp_path, monkeypatch):
     # One call holds the GIL throughout: 2000 request notes in one held it for 15-37 ms, stalling the gateway.
     import lakehouse.append_process as ap
