@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import logging
 import os
 import pickle
@@ -52,15 +53,25 @@ def _send(pipe: BinaryIO, message: Any) -> None:
     pipe.flush()
 
 
-def _send_rows(pipe: BinaryIO, head: tuple, rows: list) -> None:
+def _send_rows(pipe: BinaryIO, head: tuple, rows: list, scratch: io.BytesIO) -> None:
     """`head` plus the number of slices, then `rows` a slice (of `_SLICE_ROWS`) per frame, each pickled
     by its own call, so another thread can take the GIL between them. All are pickled before anything
-    is written: a row that does not pickle raises here and leaves the pipe as it was."""
-    frames = [pickle.dumps(rows[start:start + _SLICE_ROWS], protocol=pickle.HIGHEST_PROTOCOL)
-              for start in range(0, len(rows), _SLICE_ROWS)]
-    _write_frame(pipe, pickle.dumps((*head, len(frames)), protocol=pickle.HIGHEST_PROTOCOL))
-    for frame in frames:
-        _write_frame(pipe, frame)
+    is written: a row that does not pickle raises here and leaves the pipe as it was.
+
+    The slices are pickled into `scratch`, a buffer kept from batch to batch: `pickle.dumps` builds
+    each slice in a new bytes object, as large as the slice (1.5 MB for 200 request notes), and the
+    fresh pages cost as much as the pickling (~6 vs ~3 us a note)."""
+    scratch.seek(0)
+    ends = []
+    for start in range(0, len(rows), _SLICE_ROWS):
+        pickle.Pickler(scratch, protocol=pickle.HIGHEST_PROTOCOL).dump(rows[start:start + _SLICE_ROWS])
+        ends.append(scratch.tell())
+    _write_frame(pipe, pickle.dumps((*head, len(ends)), protocol=pickle.HIGHEST_PROTOCOL))
+    with scratch.getbuffer() as view:
+        begin = 0
+        for end in ends:
+            _write_frame(pipe, view[begin:end])
+            begin = end
     pipe.flush()
 
 
@@ -71,7 +82,7 @@ def _receive_rows(pipe: BinaryIO, slices: int) -> list:
     return [row for frame in frames for row in pickle.loads(frame)]
 
 
-def _write_frame(pipe: BinaryIO, data: bytes) -> None:
+def _write_frame(pipe: BinaryIO, data: bytes | memoryview) -> None:
     pipe.write(_HEADER.pack(len(data)))
     pipe.write(data)
 
@@ -124,6 +135,7 @@ class AppendProcess:
         self.name = name
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
+        self._scratch = io.BytesIO()  # where batches are pickled (see `_send_rows`); used under the lock
 
     @property
     def pid(self) -> int | None:
@@ -141,7 +153,7 @@ class AppendProcess:
         with self._lock:
             proc = self._running()
             try:
-                _send_rows(proc.stdin, ("append", table, build), rows)
+                _send_rows(proc.stdin, ("append", table, build), rows, self._scratch)
                 reply = _receive(proc.stdout)
             except (BrokenPipeError, EOFError, OSError):
                 code = self._reap()

@@ -103,7 +103,13 @@ def test_no_single_pickle_call_holds_more_than_a_slice_of_a_batch(tmp_path, monk
         largest.append(max((len(p) for p in parts if isinstance(p, list)), default=0))
         return real_dumps(obj, *args, **kwargs)
 
+    class Pickler(pickle.Pickler):
+        def dump(self, obj):
+            largest.append(len(obj))
+            return super().dump(obj)
+
     monkeypatch.setattr(ap.pickle, "dumps", dumps)
+    monkeypatch.setattr(ap.pickle, "Pickler", Pickler)
     lake = Lake(str(tmp_path / "lake"))
     appends = AppendProcess(lake)
     try:
