@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
@@ -44,5 +47,19 @@ class GatewayMetrics:
             "tandem_registry_refresh_timestamp", "When the registry state was last refreshed.", registry=r
         )
 
+        for metric in (self.requests, self.request_latency, self.step_latency, self.step_errors, self.cache,
+                       self.breaker_state, self.shadow, self.model_calls):
+            _remember_children(metric)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _remember_children(metric: MetricWrapperBase) -> None:
+    """`metric.labels(...)` answered from a dict after the first call with the same values.
+
+    prometheus_client's `labels` converts every value with `str` and takes a lock on each call (~2 us; a
+    cache hit made four calls, ~6% of the gateway's time). The child it returns for the same values is
+    always the same object (it keeps every child until `remove`/`clear`, which the gateway never calls),
+    so the memo holds nothing prometheus_client does not hold already."""
+    metric.labels = cache(metric.labels)
