@@ -4,10 +4,11 @@ A long-lived writer in a busy Python process (the gateway's request record and p
 most of its time turning rows into Arrow and committing them, holding the GIL that serves requests:
 on cache hits, half the gateway's time per request and a p99 of ~56 ms against ~7 ms without them.
 `AppendProcess` moves that work into one child process per writer: `append(table, rows, build=...)`
-pickles the batch (plain values and bytes: ~5-8 us a row) in slices of `_SLICE_ROWS` rows, sends it
-down a pipe and blocks, GIL released, until the child has committed it. (Pickled in one call, 2000
-request notes held the GIL for 15-37 ms, and the gateway's event loop stood still that long; in
-slices a hold lasts ~1.5 ms and the loop waits at most the interpreter's 5-ms switch interval.)
+pickles the batch (plain values and bytes: ~3 us a request note) in slices of `_SLICE_ROWS` rows into
+a buffer it keeps, sends it down a pipe and blocks, GIL released, until the child has committed it.
+(Pickled in one call, 2000 request notes held the GIL for 15-37 ms, and the gateway's event loop
+stood still that long; in slices a hold lasts ~1 ms and the loop waits at most the interpreter's 5-ms
+switch interval.)
 `build`, a picklable function, runs in the child first to turn what was sent into rows.
 
 The child is started by `start()` or the first append, and again after it died (the failed batch raises

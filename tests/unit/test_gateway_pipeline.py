@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
@@ -63,3 +65,18 @@ def test_fastapi_router_answers_a_pipeline_route_as_the_edge_does(home):
             assert a.headers["content-type"] == b.headers["content-type"] == "application/problem+json"
             assert a.json()["detail"] == b.json()["detail"]
             assert a.headers["x-request-id"] and b.headers["x-request-id"]
+
+
+def test_fastapis_own_telemetry_is_on_only_where_the_environment_configures_opentelemetry(tmp_path, monkeypatch):
+    from online.gateway.app import native_telemetry
+
+    assert native_telemetry({"PATH": "/bin", "TANDEM_HOME": "/x"}) == {"tracing": False, "metrics": False, "logs": False}
+    assert native_telemetry({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}) is None  # FastAPI's defaults
+    assert native_telemetry({"FASTAPI_OTEL_AUTO_CONFIGURE": "true"}) is None
+    for name in [k for k in os.environ if k.startswith(("OTEL_", "FASTAPI_OTEL_"))]:
+        monkeypatch.delenv(name)
+    app = create_app(TandemSettings(home=tmp_path), GatewaySettings(log_enabled=False))
+    assert not app._native_telemetry.enabled()
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "tandem-gateway")
+    app = create_app(TandemSettings(home=tmp_path), GatewaySettings(log_enabled=False))
+    assert app._telemetry["tracing"] and app._telemetry["metrics"]
