@@ -112,12 +112,13 @@ class Lake:
 
         return retry_commit(op, f"append to {name!r}")
 
-    def appender(self, name: str, *, compact_every: int = 0, target_size: int = 16 << 20) -> Appender:
+    def appender(self, name: str, *, compact_every: int = 0, **compaction: int) -> Appender:
         """A writer for frequent appends to one table that keeps its table handle between writes.
 
-        With `compact_every=N` it compacts the partitions it wrote every N appends (see `Appender`).
+        With `compact_every=N` it compacts the partitions it wrote every N appends (see `Appender` for
+        `target_size`, `settled_rows` and `min_target_size`).
         """
-        return Appender(self, name, compact_every=compact_every, target_size=target_size)
+        return Appender(self, name, compact_every=compact_every, **compaction)
 
     def overwrite_partition(self, name: str, data: Data, partition: Mapping[str, Any]) -> int:
         """Replace exactly one partition (e.g. `{"day": date(2026, 1, 4)}`) with `data`; returns the version."""
@@ -338,6 +339,26 @@ def _dedupe(rows: pa.Table, keys: Sequence[str], keep: str) -> pa.Table:
     return rows.take(picked.sort_by(f"{index}_{how}").column(f"{index}_{how}"))
 
 
+def compaction_target(files: Iterable[tuple[int | None, int]], *, settled_rows: int, append_rows: int,
+                      target_size: int, min_target_size: int) -> int:
+    """The `target_size` to compact a partition of `files` (rows, bytes) with, so that delta-rs, which
+    rewrites every file smaller than it, leaves alone the files that hold `settled_rows` rows.
+
+    A merged file's rows are as dense as the partition's rows get: the target is what `settled_rows`
+    of them take in the densest file holding more than one append (`append_rows`, the most rows an
+    append wrote), never below `min_target_size` nor above `target_size`, and never below twice the
+    largest one-append file, so that no fresh write is ever too large to be merged. Until a merged
+    file exists (or without row counts) it is `target_size`. So every file a compaction leaves alone is
+    at least as large as `settled_rows` merged rows, and it rewrites only files smaller than that:
+    both the files left and the rows rewritten each time stay bounded, however well rows compress."""
+    files = [(rows, size) for rows, size in files if rows]
+    merged = [size / rows for rows, size in files if rows > append_rows]
+    if not merged:
+        return target_size
+    fresh = max((size for rows, size in files if rows <= append_rows), default=0)
+    return int(min(target_size, max(min(merged) * settled_rows, 2 * fresh, min_target_size)))
+
+
 class Appender:
     """Appends batches to one table through a `DeltaTable` it keeps open.
 
@@ -352,14 +373,24 @@ class Appender:
     files of up to `target_size` bytes every N appends (files already that large are left alone,
     so the cost of one compaction stays bounded). A failed compaction is logged and retried at the
     next one; the rows are committed either way.
+
+    Rows that compress well (a cache hit's answer recorded again and again) make files that stay far
+    below `target_size` bytes however many rows they hold, and delta-rs picks the files to rewrite by
+    size alone, so every compaction rewrote the whole day, each slower than the last. The target is
+    therefore chosen per partition (`compaction_target`) so that a file holding `settled_rows` rows
+    is left alone from then on.
     """
 
-    def __init__(self, lake: Lake, name: str, *, compact_every: int = 0, target_size: int = 16 << 20):
+    def __init__(self, lake: Lake, name: str, *, compact_every: int = 0, target_size: int = 16 << 20,
+                 settled_rows: int = 500_000, min_target_size: int = 1 << 20):
         self._lake = lake
         self._def = get_table(name)
         self._table: DeltaTable | None = None
         self.compact_every = compact_every
         self.target_size = target_size
+        self.settled_rows = settled_rows
+        self.min_target_size = min(min_target_size, target_size)
+        self._largest_append = 0  # rows
         self._appends = 0
         self._touched: set[tuple] = set()
 
@@ -379,10 +410,21 @@ class Appender:
         version = retry_commit(op, f"append to {self._def.name!r}")
         if self.compact_every and self._def.partition_by and rows.num_rows:
             self._appends += 1
+            self._largest_append = max(self._largest_append, rows.num_rows)
             self._touched.update(_partitions_of(rows, self._def.partition_by))
             if self._appends % self.compact_every == 0:
                 self.compact()
         return version
+
+    def target_for(self, values: tuple) -> int:
+        """The file size to compact partition `values` to (see `compaction_target`)."""
+        files = pa.table(self._table.get_add_actions(flatten=True))
+        for col, value in zip(self._def.partition_by, values):
+            column = files[f"partition.{col}"]
+            files = files.filter(pc.equal(column, pa.scalar(value, column.type)))
+        return compaction_target(zip(files["num_records"].to_pylist(), files["size_bytes"].to_pylist()),
+                                 settled_rows=self.settled_rows, append_rows=self._largest_append,
+                                 target_size=self.target_size, min_target_size=self.min_target_size)
 
     def compact(self) -> None:
         """Compact the partitions written since the last compaction (errors are logged, not raised)."""
@@ -391,9 +433,10 @@ class Appender:
             filters = [(col, "=", _partition_text(v)) for col, v in zip(self._def.partition_by, values)]
             try:
                 self._table.update_incremental()
-                metrics = self._table.optimize.compact(partition_filters=filters, target_size=self.target_size)
-                logger.info("compacted %s %s: %s files -> %s", self._def.name, filters,
-                            metrics.get("numFilesRemoved"), metrics.get("numFilesAdded"))
+                target = self.target_for(values)
+                metrics = self._table.optimize.compact(partition_filters=filters, target_size=target)
+                logger.info("compacted %s %s: %s files -> %s (target %d bytes)", self._def.name, filters,
+                            metrics.get("numFilesRemoved"), metrics.get("numFilesAdded"), target)
             except Exception:  # housekeeping: the appended rows are committed already
                 self._touched.add(values)
                 logger.warning("compacting %s %s failed; will retry at the next compaction",
