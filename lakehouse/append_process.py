@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 _HEADER = struct.Struct("<Q")  # the length of each pickled message
 _COLLECT_EVERY = 100  # batches between the child's garbage collections
 _SLICE_ROWS = 200  # rows pickled in one call (each call holds the GIL throughout)
+_SCRATCH_KEEP = 64 << 20  # bytes: a batch pickled larger than this does not keep its buffer
 
 
 class AppendProcessError(LakehouseError):
@@ -154,7 +155,11 @@ class AppendProcess:
         with self._lock:
             proc = self._running()
             try:
-                _send_rows(proc.stdin, ("append", table, build), rows, self._scratch)
+                try:
+                    _send_rows(proc.stdin, ("append", table, build), rows, self._scratch)
+                finally:
+                    if self._scratch.tell() > _SCRATCH_KEEP:  # a rare large batch: its memory is not kept
+                        self._scratch = io.BytesIO()
                 reply = _receive(proc.stdout)
             except (BrokenPipeError, EOFError, OSError):
                 code = self._reap()

@@ -58,8 +58,8 @@ class GatewayMetrics:
 def _remember_children(metric: MetricWrapperBase) -> None:
     """`metric.labels(...)` answered from a dict after the first call with the same values.
 
-    prometheus_client's `labels` converts every value with `str` and takes a lock on each call (~2 us; a
-    cache hit made four calls, ~6% of the gateway's time). The child it returns for the same values is
+    prometheus_client's `labels` converts every value with `str` and takes a lock on each call (a
+    `labels(...).inc()` took 1.11 us, 0.35 with the memo; a cache hit makes four). The child it returns for the same values is
     always the same object (it keeps every child until `remove`/`clear`, which the gateway never calls),
     so the memo holds nothing prometheus_client does not hold already."""
     metric.labels = cache(metric.labels)

@@ -234,3 +234,22 @@ def test_the_request_record_builds_and_writes_its_rows_in_the_child(tmp_path):
         appends.close()
     assert before == after
     assert after["input"]["query"] == "mail <EMAIL>" and after["output"]["results"][0]["relevance_score"] == 0.5
+
+
+def test_the_pickling_buffer_is_kept_between_batches_but_not_after_a_large_one(tmp_path, monkeypatch):
+    import lakehouse.append_process as ap
+
+    lake = Lake(str(tmp_path / "lake"))
+    appends = AppendProcess(lake)
+    try:
+        appends.append("predictions", _rows(10))
+        kept = appends._scratch
+        appends.append("predictions", _rows(10, start=10))
+        assert appends._scratch is kept  # reused: no fresh pages for every batch
+        monkeypatch.setattr(ap, "_SCRATCH_KEEP", kept.tell() + 1)
+        appends.append("predictions", _rows(50, start=20))  # larger than the limit: its buffer is let go
+        assert appends._scratch is not kept and appends._scratch.tell() == 0
+        appends.append("predictions", _rows(1, start=70))
+    finally:
+        appends.close()
+    assert _ids(lake) == sorted(f"r{i}" for i in range(71))
