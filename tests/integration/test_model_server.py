@@ -453,7 +453,11 @@ def test_kill_9_of_the_server_leaves_no_process_holding_its_port(store: Artifact
         srv.proc.kill()  # SIGKILL to the server's main process only, as the OOM killer would
         srv.proc.wait()
         _wait_for(lambda: not _alive(children), 10, f"orphans {_alive(children)} to exit")
-        with socket.socket() as s:  # the port is free again
+        with socket.socket() as s:  # the port is free again: a new server can listen on it
+            # As uvicorn does: a connection the dead server's side closed last sits in TIME_WAIT on this
+            # port for a minute and fails a plain bind (seen in CI); only a socket still listening fails this one.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", srv.port))
+            s.listen()
     finally:
         srv.kill()
