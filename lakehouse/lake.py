@@ -416,24 +416,34 @@ class Appender:
                 self.compact()
         return version
 
-    def target_for(self, values: tuple) -> int:
-        """The file size to compact partition `values` to (see `compaction_target`)."""
+    def targets_for(self, partitions: Iterable[tuple]) -> dict[tuple, int]:
+        """The file size to compact each of `partitions` to (see `compaction_target`), from one read of
+        the table's file list."""
         files = pa.table(self._table.get_add_actions(flatten=True))
-        for col, value in zip(self._def.partition_by, values):
-            column = files[f"partition.{col}"]
-            files = files.filter(pc.equal(column, pa.scalar(value, column.type)))
-        return compaction_target(zip(files["num_records"].to_pylist(), files["size_bytes"].to_pylist()),
-                                 settled_rows=self.settled_rows, append_rows=self._largest_append,
-                                 target_size=self.target_size, min_target_size=self.min_target_size)
+        keys = zip(*(files[f"partition.{col}"].to_pylist() for col in self._def.partition_by))
+        by_partition: dict[tuple, list[tuple[int | None, int]]] = {}
+        for key, rows, size in zip(keys, files["num_records"].to_pylist(), files["size_bytes"].to_pylist()):
+            by_partition.setdefault(key, []).append((rows, size))
+        return {values: compaction_target(by_partition.get(values, ()), settled_rows=self.settled_rows,
+                                          append_rows=self._largest_append, target_size=self.target_size,
+                                          min_target_size=self.min_target_size)
+                for values in partitions}
 
     def compact(self) -> None:
         """Compact the partitions written since the last compaction (errors are logged, not raised)."""
         touched, self._touched = self._touched, set()
+        try:
+            self._table.update_incremental()
+            targets = self.targets_for(touched)
+        except Exception:  # housekeeping: the appended rows are committed already
+            self._touched |= touched
+            logger.warning("compacting %s failed; will retry at the next compaction", self._def.name, exc_info=True)
+            return
         for values in sorted(touched):
             filters = [(col, "=", _partition_text(v)) for col, v in zip(self._def.partition_by, values)]
             try:
                 self._table.update_incremental()
-                target = self.target_for(values)
+                target = targets[values]
                 metrics = self._table.optimize.compact(partition_filters=filters, target_size=target)
                 logger.info("compacted %s %s: %s files -> %s (target %d bytes)", self._def.name, filters,
                             metrics.get("numFilesRemoved"), metrics.get("numFilesAdded"), target)
